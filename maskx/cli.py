@@ -1,0 +1,56 @@
+"""The ``maskx`` command: a thin shell over functions that tests call directly.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``main(args) -> int``; modules are imported only when their subcommand runs, so that
+``maskx serve`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("maskx.training.synth_cli", "write a synthetic COCO-format dataset"),
+    "train": ("maskx.training.cli", "train a Mask^X R-CNN model"),
+    "evaluate": ("maskx.training.evaluate_cli", "evaluate a checkpoint with pycocotools"),
+    "export": ("maskx.export.cli", "export a checkpoint to ONNX with baked mask weights"),
+    "serve": ("maskx.service.cli", "serve an exported model over HTTP"),
+    "predict": ("maskx.service.predict", "segment images offline: overlay PNG + JSON"),
+    "bench": ("maskx.bench.cli", "run a benchmark (heads, export, service, postprocess, ...)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskx", description="Mask^X R-CNN: train, export and serve."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        # Arguments are added lazily in main() once the command is known.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help / usage error and exits
+        return 2
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f"maskx {name}", description=help_text)
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
