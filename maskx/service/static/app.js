@@ -108,6 +108,9 @@
     const { width, height } = state.bitmap;
     canvas.width = width;
     canvas.height = height;
+    // The canvas keeps the image's own pixels (so boxes need no rescaling); small images are
+    // shown enlarged, large ones shrink to the column width (max-width in style.css).
+    canvas.style.width = `${Math.max(width, Math.min(720, 2 * width))}px`;
     ctx.drawImage(state.bitmap, 0, 0);
     const dets = state.response ? state.response.detections : [];
     // Lowest score first so the most confident detection ends on top.
@@ -328,6 +331,7 @@
     }
     renderLegend([]);
 
+    $("api-key-form").addEventListener("submit", (e) => { e.preventDefault(); segment(); });
     $("file-input").addEventListener("change", (e) => {
       const f = e.target.files[0];
       if (f) useImage(f, f.name);
