@@ -5,7 +5,7 @@
 
 (function () {
   // Bundled samples in static/samples/ (see the README there for how they were made).
-  const SAMPLES = ["shapes-1.png", "shapes-2.png", "shapes-3.png"];
+  const SAMPLES = ["synth-1.png", "synth-2.png", "synth-3.png"];
 
   // Hue ranges in degrees [start, span] per mask_source; keep in sync with overlay.py.
   const HUE_RANGES = { supervised: [85, 85], transferred: [330, 65] };
