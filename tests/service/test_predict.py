@@ -1,0 +1,250 @@
+"""``maskx predict``: a real ONNX Runtime session on a tiny graph that honours the contract."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import onnx
+import pycocotools.mask as mask_utils
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from maskx import cli
+from maskx.service import predict
+from maskx.service.overlay import class_color
+
+SAMPLES = Path(__file__).resolve().parents[2] / "maskx" / "service" / "static" / "samples"
+CLASSES = ["disk-red", "ring-blue", "star-green"]
+MASK_CLASSES = [True, False, True]
+# Fixture detections: box as fractions of the input's (w, h, w, h), score, label.
+FIXTURE_DETECTIONS = [
+    ((0.10, 0.10, 0.45, 0.50), 0.90, 1),  # supervised (A)
+    ((0.55, 0.50, 0.90, 0.90), 0.80, 2),  # transferred (B)
+    ((0.60, 0.05, 0.90, 0.30), 0.30, 3),  # under the default score threshold
+]
+M = 28
+
+# The body of POST /segment (DESIGN.md §3 "HTTP API").
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "required": ["model", "image", "detections", "timing_ms"],
+    "properties": {
+        "model": {
+            "type": "object",
+            "required": ["name", "version", "num_classes"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "num_classes": {"type": "integer", "minimum": 1},
+            },
+        },
+        "image": {
+            "type": "object",
+            "required": ["width", "height"],
+            "properties": {
+                "width": {"type": "integer", "minimum": 1},
+                "height": {"type": "integer", "minimum": 1},
+            },
+        },
+        "detections": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["box", "score", "label", "name", "mask_source"],
+                "properties": {
+                    "box": {"type": "array", "items": {"type": "number"}, "minItems": 4,
+                            "maxItems": 4},
+                    "score": {"type": "number", "minimum": 0, "maximum": 1},
+                    "label": {"type": "integer", "minimum": 1},
+                    "name": {"type": "string"},
+                    "mask_source": {"enum": ["supervised", "transferred"]},
+                    "mask": {
+                        "type": "object",
+                        "required": ["size", "counts"],
+                        "properties": {
+                            "size": {"type": "array", "items": {"type": "integer"},
+                                     "minItems": 2, "maxItems": 2},
+                            "counts": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "timing_ms": {
+            "type": "object",
+            "required": ["decode", "queue", "inference", "postprocess"],
+            "additionalProperties": {"type": "number", "minimum": 0},
+        },
+    },
+}  # fmt: skip
+
+
+def _disk(m: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:m, 0:m] + 0.5
+    return (((yy - m / 2) ** 2 + (xx - m / 2) ** 2) < (0.42 * m) ** 2).astype(np.float32)
+
+
+def make_fixture_model(path: Path, min_size: int = 128, max_size: int = 256) -> Path:
+    """A tiny ONNX graph with the contract's inputs, outputs and metadata.
+
+    Boxes are fixed fractions of the first image's valid size (read from ``image_sizes``), so
+    they land at the same place of the displayed image whatever the resize; masks are disks.
+    """
+    n = len(FIXTURE_DETECTIONS)
+    fracs = np.array([d[0] for d in FIXTURE_DETECTIONS], dtype=np.float32)
+    nodes = [
+        helper.make_node("Gather", ["image_sizes", "zero"], ["size0"], axis=0),  # (h, w)
+        helper.make_node("Gather", ["size0", "whwh_index"], ["whwh_i"], axis=0),
+        helper.make_node("Cast", ["whwh_i"], ["whwh"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["fracs", "whwh"], ["boxes"]),
+        helper.make_node("Identity", ["scores_c"], ["scores"]),
+        helper.make_node("Identity", ["labels_c"], ["labels"]),
+        helper.make_node("Identity", ["batch_index_c"], ["batch_index"]),
+        helper.make_node("Identity", ["mask_probs_c"], ["mask_probs"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array([1, 0, 1, 0], dtype=np.int64), "whwh_index"),
+        numpy_helper.from_array(fracs, "fracs"),
+        numpy_helper.from_array(np.array([d[1] for d in FIXTURE_DETECTIONS], np.float32), "scores_c"),
+        numpy_helper.from_array(np.array([d[2] for d in FIXTURE_DETECTIONS], np.int64), "labels_c"),
+        numpy_helper.from_array(np.zeros(n, np.int64), "batch_index_c"),
+        numpy_helper.from_array(np.stack([_disk(M)] * n), "mask_probs_c"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "maskx_predict_fixture",
+        [
+            helper.make_tensor_value_info("images", TensorProto.UINT8, ["B", 3, "H", "W"]),
+            helper.make_tensor_value_info("image_sizes", TensorProto.INT64, ["B", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [n, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [n]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, [n]),
+            helper.make_tensor_value_info("batch_index", TensorProto.INT64, [n]),
+            helper.make_tensor_value_info("mask_probs", TensorProto.FLOAT, [n, M, M]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        "format_version": 1, "name": "predict-fixture", "version": "0.0.1",
+        "classes": CLASSES, "mask_classes": MASK_CLASSES,
+        "min_size": min_size, "max_size": max_size, "size_divisible": 32,
+        "mask_resolution": M,
+    }  # fmt: skip
+    helper.set_model_props(model, {"maskx": json.dumps(meta)})
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fixture_model(tmp_path_factory.mktemp("model") / "fixture.onnx")
+
+
+def _args(model: Path, images: list[Path], out: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    predict.add_arguments(parser)
+    argv = ["--model", str(model), "--out", str(out), "--no-progress", *extra]
+    return parser.parse_args([*map(str, images), *argv])
+
+
+def test_predict_writes_overlay_and_json(model_path: Path, tmp_path: Path) -> None:
+    image_path = SAMPLES / "synth-1.png"
+    out = tmp_path / "out"
+    assert predict.main(_args(model_path, [image_path], out)) == 0
+
+    response = json.loads((out / "synth-1.json").read_text())
+    jsonschema.validate(response, RESPONSE_SCHEMA)
+    original = np.asarray(Image.open(image_path).convert("RGB")).astype(int)
+    height, width = original.shape[:2]
+    assert response["image"] == {"width": width, "height": height}
+    assert response["model"] == {"name": "predict-fixture", "version": "0.0.1", "num_classes": 3}
+    dets = response["detections"]
+    # The 0.30 detection is under the default score threshold.
+    assert [(d["label"], d["name"], d["mask_source"]) for d in dets] == [
+        (1, "disk-red", "supervised"),
+        (2, "ring-blue", "transferred"),
+    ]
+    for det, (fracs, score, _) in zip(dets, FIXTURE_DETECTIONS, strict=False):
+        expected = np.array(fracs) * [width, height, width, height]
+        np.testing.assert_allclose(det["box"], expected, atol=1.0)
+        assert det["score"] == pytest.approx(score)
+
+    overlay = np.asarray(Image.open(out / "synth-1.png").convert("RGB")).astype(int)
+    assert overlay.shape[1] >= width and overlay.shape[0] > height  # legend strip below
+    drawn = overlay[:height, :width]
+    outside = np.ones((height, width), dtype=bool)
+    for det in dets:
+        mask = mask_utils.decode(det["mask"]).astype(bool)
+        assert mask.shape == (height, width)
+        x1, y1, x2, y2 = det["box"]
+        ys, xs = np.nonzero(mask)
+        # The mask lies inside its box and fills a good part of it (a disk of r = 0.42 box).
+        assert xs.min() >= x1 - 1 and xs.max() <= x2 + 1 and ys.min() >= y1 - 1
+        assert ys.max() <= y2 + 1
+        assert mask.sum() > 0.3 * (x2 - x1) * (y2 - y1)
+        colour = np.array(class_color(det["label"], det["mask_source"]))
+        # Overlay colour inside the box: the mask's pixels moved towards the class colour.
+        before = np.abs(original[mask] - colour).sum(axis=1).mean()
+        after = np.abs(drawn[mask] - colour).sum(axis=1).mean()
+        assert after < 0.7 * before, (det["name"], before, after)
+        # The box outline is drawn in the class colour.
+        edge = drawn[round((y1 + y2) / 2), int(x1)]
+        assert np.abs(edge - colour).sum() < 30, (det["name"], edge.tolist(), colour.tolist())
+        # Room for the label above the box.
+        outside[max(0, int(y1) - 24) : int(y2) + 3, max(0, int(x1) - 3) : int(x2) + 3] = False
+    # Far from every box (and its label) the image is unchanged.
+    assert outside.sum() > 0.2 * height * width
+    np.testing.assert_array_equal(drawn[outside], original[outside])
+
+
+def test_predict_thresholds_and_cli(model_path: Path, tmp_path: Path) -> None:
+    images = [SAMPLES / "synth-2.png", SAMPLES / "synth-3.png"]
+    argv = ["predict", "--model", str(model_path), *map(str, images), "--out", str(tmp_path)]
+    argv += ["--score-threshold", "0.2", "--mask-threshold", "0.9", "--no-progress"]
+    assert cli.main(argv) == 0
+    for image in images:
+        response = json.loads((tmp_path / f"{image.stem}.json").read_text())
+        assert [d["label"] for d in response["detections"]] == [1, 2, 3]
+        assert (tmp_path / f"{image.stem}.png").is_file()
+    # A higher mask threshold gives smaller masks than the default.
+    strict = json.loads((tmp_path / "synth-2.json").read_text())["detections"][0]["mask"]
+    assert predict.main(_args(model_path, [images[0]], tmp_path / "default")) == 0
+    default = json.loads((tmp_path / "default" / "synth-2.json").read_text())
+    loose = default["detections"][0]["mask"]
+    assert mask_utils.area(strict) < mask_utils.area(loose)
+
+
+def test_predict_errors_name_the_file(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    assert predict.main(_args(model_path, [bad], tmp_path / "out")) == 1
+    assert str(bad) in capsys.readouterr().err
+
+    missing = tmp_path / "missing.png"
+    assert predict.main(_args(model_path, [missing], tmp_path / "out")) == 1
+    assert str(missing) in capsys.readouterr().err
+
+    twin = tmp_path / "other" / "synth-1.png"
+    twin.parent.mkdir()
+    twin.write_bytes((SAMPLES / "synth-1.png").read_bytes())
+    assert predict.main(_args(model_path, [SAMPLES / "synth-1.png", twin], tmp_path / "o")) == 1
+    assert "synth-1" in capsys.readouterr().err
+
+    assert predict.main(_args(tmp_path / "nope.onnx", [SAMPLES / "synth-1.png"], tmp_path)) == 1
+    assert "nope.onnx" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        _args(model_path, [SAMPLES / "synth-1.png"], tmp_path, "--score-threshold", "1.5")
