@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,10 @@ from PIL import Image, ImageOps
 
 from maskx.service.errors import ServiceError
 from maskx.service.overlay import render_overlay
-from maskx.service.postprocess import SegmentParams, postprocess_detections
-from maskx.service.preprocess import decode_image, pad_batch
-from maskx.service.runtime import Runtime, load_runtime
+from maskx.service.pipeline import Pipeline, SegmentParams
 
-# No per-image pixel limit offline beyond Pillow's own decompression-bomb guard: the files are
-# the user's own. The bound still exists so that a mistaken 1-gigapixel scan fails with a message.
+# Offline the files are the user's own, so the pixel bound sits far above the service's default;
+# it still turns a mistaken gigapixel scan into a message rather than a memory error.
 MAX_PIXELS = 400_000_000
 
 
@@ -66,51 +63,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def segment_file(
-    runtime: Runtime, path: Path, params: SegmentParams
+    pipeline: Pipeline, path: Path, params: SegmentParams
 ) -> tuple[Image.Image, dict[str, Any]]:
     """Segment one image file.
 
-    Returns the image as displayed (EXIF orientation applied, RGB) and the response dict of
-    ``POST /segment``: ``model``, ``image`` (width, height), ``detections`` (box, score, label,
-    name, mask_source, mask as COCO RLE) and ``timing_ms`` (decode, queue = 0, inference,
-    postprocess). Raises ``ServiceError`` for unreadable images, as the service would answer 400.
+    Returns the image as displayed (EXIF orientation applied, RGB) and the ``POST /segment``
+    response body: ``model``, ``image`` (width, height), ``detections`` (box, score, label, name,
+    mask_source, mask as COCO RLE) and ``timing_ms``. Raises ``ServiceError`` for unreadable
+    images, as the service would answer 400.
     """
-    info = runtime.info
-    t0 = time.perf_counter()
-    data = path.read_bytes()
-    prepared = decode_image(
-        data, min_size=info.min_size, max_size=info.max_size, max_pixels=MAX_PIXELS
-    )
-    images, image_sizes = pad_batch([prepared.pixels], info.size_divisible)
-    t1 = time.perf_counter()
-    raw = runtime.run(images, image_sizes)
-    t2 = time.perf_counter()
-    detections = postprocess_detections(
-        raw.split(1)[0],
-        input_size=prepared.input_size,
-        image_size=(prepared.height, prepared.width),
-        info=info,
-        params=params,
-    )
-    t3 = time.perf_counter()
-    response = {
-        "model": {"name": info.name, "version": info.version, "num_classes": info.num_classes},
-        "image": {"width": prepared.width, "height": prepared.height},
-        "detections": [d.to_json() for d in detections],
-        "timing_ms": {
-            "decode": round((t1 - t0) * 1e3, 3),
-            "queue": 0.0,
-            "inference": round((t2 - t1) * 1e3, 3),
-            "postprocess": round((t3 - t2) * 1e3, 3),
-        },
-    }
+    result = pipeline.segment(path.read_bytes(), params)
     with Image.open(path) as opened:
         shown = ImageOps.exif_transpose(opened).convert("RGB")
-    return shown, response
+    return shown, result.to_json(pipeline.info)
 
 
 def predict_files(
-    runtime: Runtime,
+    pipeline: Pipeline,
     paths: Sequence[Path],
     out_dir: Path,
     params: SegmentParams,
@@ -139,13 +108,13 @@ def predict_files(
     written = []
     for path in tqdm(paths, desc="predict", unit="img", disable=not progress):
         try:
-            shown, response = segment_file(runtime, path, params)
+            shown, response = segment_file(pipeline, path, params)
         except ServiceError as exc:
             raise ValueError(f"{path}: {exc.message}") from exc
         png = out_dir / f"{path.stem}.png"
         render_overlay(shown, response, legend=legend).save(png)
         (out_dir / f"{path.stem}.json").write_text(
-            json.dumps(response, indent=1) + "\n", encoding="utf-8"
+            json.dumps(response, indent=2) + "\n", encoding="utf-8"
         )
         written.append(png)
     return written
@@ -170,9 +139,9 @@ def main(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        runtime = load_runtime(args.model, providers)
+        pipeline = Pipeline.from_model(args.model, providers, max_pixels=MAX_PIXELS)
         written = predict_files(
-            runtime,
+            pipeline,
             list(args.images),
             args.out,
             params,
