@@ -193,21 +193,31 @@ def make_classes(config: SynthConfig) -> list[SynthClass]:
 
 
 def choose_mask_classes(classes: Sequence[SynthClass], config: SynthConfig) -> list[str]:
-    """The default A split: one class per shape in use, topped up at random to ``a_fraction``.
+    """The default A split: a minority of classes (``a_fraction``) covering every family.
 
-    Covering every (family, variant) means every B class has an A class of the same canonical
-    shape but another appearance, which is what weight transfer can exploit and what a
-    class-agnostic head trained on A cannot tell apart from clutter in the B appearance.
+    One class per family first, then one per shape (family, variant) not yet covered while the
+    budget lasts, then random others. With the default 120 classes (30 in A, 24 shapes) every
+    B class has an A class of the same canonical shape in another appearance: what weight
+    transfer can exploit, and what a class-agnostic head trained on A cannot tell apart from
+    clutter in the B appearance. The budget grows to the number of families if needed.
     Returns class names in class order.
     """
     rng = np.random.default_rng([config.seed, 2])
-    by_shape: dict[str, list[int]] = {}
-    for i, c in enumerate(classes):
-        by_shape.setdefault(c.shape, []).append(i)
-    chosen = {int(members[rng.integers(len(members))]) for members in by_shape.values()}
-    target = max(len(chosen), round(config.a_fraction * len(classes)))
+    families = sorted({c.family for c in classes})
+    target = max(len(families), round(config.a_fraction * len(classes)))
+    chosen: set[int] = set()
+    for family in families:
+        members = [i for i, c in enumerate(classes) if c.family == family]
+        chosen.add(int(members[rng.integers(len(members))]))
+    covered = {classes[i].shape for i in chosen}
+    shapes = sorted({c.shape for c in classes} - covered)
+    for shape in (shapes[i] for i in rng.permutation(len(shapes))):
+        if len(chosen) >= target:
+            break
+        members = [i for i, c in enumerate(classes) if c.shape == shape]
+        chosen.add(int(members[rng.integers(len(members))]))
     rest = [i for i in range(len(classes)) if i not in chosen]
-    for i in rng.permutation(rest)[: target - len(chosen)]:
+    for i in rng.permutation(rest)[: max(0, target - len(chosen))]:
         chosen.add(int(i))
     return [classes[i].name for i in sorted(chosen)]
 
@@ -770,3 +780,55 @@ def render_preview(
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(out)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# How much the class tells about the mask
+
+
+def _box_masks(coco: dict[str, Any], resolution: int) -> tuple[np.ndarray, list[int]]:
+    """Every annotation's mask cropped to its box and resized: bool ``[N, R, R]``, categories."""
+    out = np.zeros((len(coco["annotations"]), resolution, resolution), dtype=bool)
+    cats = []
+    for k, ann in enumerate(coco["annotations"]):
+        m = mask_utils.decode(ann["segmentation"])
+        x, y, w, h = (round(v) for v in ann["bbox"])
+        crop = Image.fromarray(m[y : y + h, x : x + w] * 255)
+        resized = np.asarray(crop.resize((resolution, resolution), Image.BILINEAR))
+        out[k] = resized >= 128
+        cats.append(int(ann["category_id"]))
+    return out, cats
+
+
+def mask_prior_iou(coco: dict[str, Any], resolution: int = 28) -> dict[str, float]:
+    """Mean IoU of each instance's box-local mask with the mean mask of its group.
+
+    Each instance's visible mask is cropped to its box and resized to ``resolution``; a group's
+    prediction is its mean mask thresholded at 0.5. Groups: the instance's class, its shape
+    (family-variant), its family, and all classes together (what a predictor that ignores the
+    class can at best do without looking at pixels). The gap between ``class`` and ``all`` is
+    the edge a class-aware mask predictor has from the class alone.
+    """
+    masks, cats = _box_masks(coco, resolution)
+    if not cats:
+        raise ValueError("mask_prior_iou: the dataset has no annotations")
+    info = {c["id"]: c for c in coco["categories"]}
+    keys = {
+        "class": [str(c) for c in cats],
+        "shape": [info[c].get("shape", info[c]["name"]) for c in cats],
+        "family": [info[c]["supercategory"] for c in cats],
+        "all": ["all"] * len(cats),
+    }
+    flat = masks.reshape(len(cats), -1)
+    result: dict[str, float] = {}
+    for group, labels in keys.items():
+        labels_arr = np.array(labels)
+        ious = np.zeros(len(cats))
+        for value in np.unique(labels_arr):
+            members = labels_arr == value
+            prior = flat[members].mean(axis=0) >= 0.5
+            inter = (flat[members] & prior).sum(axis=1)
+            union = (flat[members] | prior).sum(axis=1)
+            ious[members] = inter / np.maximum(union, 1)
+        result[group] = float(ious.mean())
+    return result
