@@ -1,0 +1,167 @@
+"""Mask^X R-CNN: torchvision's Mask R-CNN with a weight-transfer mask predictor.
+
+``MaskXRCNN`` composes injected modules (STYLE.md 1); :func:`build_model` turns a
+:class:`ModelConfig` into one (STYLE.md 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads
+from torchvision.ops import MultiScaleRoIAlign
+
+from .backbones import build_backbone
+from .config import ModelConfig
+from .predictors import (
+    ClassAgnosticMaskPredictor,
+    ClassSpecificBoxPredictor,
+    ClassSpecificMaskPredictor,
+    MaskPredictor,
+    MLPMaskBranch,
+    WeightTransferMaskPredictor,
+)
+from .roi_heads import MaskXRoIHeads
+
+
+class MaskXRCNN(MaskRCNN):
+    """Mask R-CNN whose mask branch can segment classes that had no mask supervision.
+
+    Args:
+        backbone: a module with ``out_channels`` returning an ordered dict of feature maps.
+        box_predictor: :class:`ClassSpecificBoxPredictor` with K+1 outputs.
+        mask_predictor: a :class:`MaskPredictor` (class-specific, class-agnostic or transfer).
+        candidates_per_img: cap on (RoI, class) candidates entering NMS at inference.
+        **kwargs: every other ``torchvision.models.detection.MaskRCNN`` argument.
+
+    Inputs (as torchvision): ``images`` a list of float [3, H, W] in 0..1; in training,
+    ``targets`` a list of dicts with ``boxes`` float [G, 4] (x1, y1, x2, y2), ``labels`` int64
+    [G] in 1..K and, optionally, ``masks`` uint8 [G, H, W] and ``has_mask`` bool [G] (instances of
+    classes outside the mask set A have ``has_mask=False``; see docs/contracts.md).
+
+    Returns: in training, ``{loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg,
+    loss_mask}``; in eval, per image ``boxes`` [N, 4] in input-image pixels, ``labels`` int64
+    [N], ``scores`` [N], ``masks`` float [N, 1, H, W] probabilities pasted into the image.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        box_predictor: ClassSpecificBoxPredictor,
+        mask_predictor: MaskPredictor,
+        candidates_per_img: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            backbone,
+            num_classes=None,
+            box_predictor=box_predictor,
+            mask_predictor=mask_predictor,
+            **kwargs,
+        )
+        old = self.roi_heads
+        heads = MaskXRoIHeads(
+            old.box_roi_pool,
+            old.box_head,
+            old.box_predictor,
+            old.proposal_matcher.high_threshold,
+            old.proposal_matcher.low_threshold,
+            old.fg_bg_sampler.batch_size_per_image,
+            old.fg_bg_sampler.positive_fraction,
+            old.box_coder.weights,
+            old.score_thresh,
+            old.nms_thresh,
+            old.detections_per_img,
+            mask_roi_pool=old.mask_roi_pool,
+            mask_head=old.mask_head,
+            mask_predictor=old.mask_predictor,
+            candidates_per_img=candidates_per_img,
+        )
+        self.roi_heads = heads
+
+    @property
+    def num_classes(self) -> int:
+        """K (background excluded)."""
+        return self.roi_heads.box_predictor.num_classes - 1
+
+
+def build_mask_predictor(cfg: ModelConfig) -> MaskPredictor:
+    """The mask predictor chosen by ``cfg.mask_predictor`` (with the MLP branch if enabled)."""
+    d = cfg.mask_head_dim
+    mlp = MLPMaskBranch(d, cfg.mlp_input_size, cfg.mask_resolution) if cfg.mlp else None
+    if cfg.mask_predictor == "class_specific":
+        return ClassSpecificMaskPredictor(d, d, cfg.num_classes + 1, mlp=mlp)
+    if cfg.mask_predictor == "class_agnostic":
+        return ClassAgnosticMaskPredictor(d, d, mlp=mlp)
+    return WeightTransferMaskPredictor(
+        d,
+        d,
+        cfg.box_head_dim,
+        transfer_input=cfg.transfer_input,
+        num_layers=cfg.transfer_layers,
+        hidden=cfg.transfer_hidden,
+        activation=cfg.transfer_activation,
+        stop_gradient=cfg.stop_gradient,
+        mlp=mlp,
+    )
+
+
+def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> MaskXRCNN:
+    """Build a Mask^X R-CNN from a config.
+
+    Args:
+        cfg: the model configuration (validated on construction).
+        backbone_weights: overrides ``cfg.backbone_weights`` (a local state-dict file).
+    """
+    cfg.validate()
+    backbone = build_backbone(
+        cfg.backbone,
+        weights=backbone_weights or cfg.backbone_weights,
+        trainable_layers=cfg.trainable_backbone_layers,
+        norm=cfg.norm,
+        fpn_channels=cfg.fpn_channels,
+        tiny_widths=cfg.tiny_widths,
+    )
+    levels = 5  # FPN '0'..'3' + 'pool'
+    anchor_sizes = tuple((s,) for s in cfg.anchor_sizes)
+    if len(anchor_sizes) != levels:
+        raise ValueError(
+            f"anchor_sizes needs {levels} values (one per FPN level), got {list(cfg.anchor_sizes)}"
+        )
+    anchor_generator = AnchorGenerator(anchor_sizes, (tuple(cfg.aspect_ratios),) * levels)
+    c = backbone.out_channels
+    box_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
+    box_head = TwoMLPHead(c * 7 * 7, cfg.box_head_dim)
+    mask_head = MaskRCNNHeads(c, (cfg.mask_head_dim,) * cfg.mask_head_layers, 1)
+    return MaskXRCNN(
+        backbone,
+        box_predictor=ClassSpecificBoxPredictor(cfg.box_head_dim, cfg.num_classes + 1),
+        mask_predictor=build_mask_predictor(cfg),
+        candidates_per_img=cfg.box_candidates_per_img,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        size_divisible=cfg.size_divisible,
+        image_mean=list(cfg.image_mean),
+        image_std=list(cfg.image_std),
+        rpn_anchor_generator=anchor_generator,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_nms_thresh=cfg.rpn_nms_thresh,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_roi_pool=box_roi_pool,
+        box_head=box_head,
+        box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.box_detections_per_img,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_positive_fraction=cfg.box_positive_fraction,
+        mask_roi_pool=mask_roi_pool,
+        mask_head=mask_head,
+    )

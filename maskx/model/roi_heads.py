@@ -1,0 +1,215 @@
+"""RoI heads for Mask^X R-CNN: torchvision's ``RoIHeads`` with partial mask supervision and a
+mask branch whose cost does not grow with the number of classes K.
+
+Differences from torchvision, all deliberate:
+
+* targets may carry masks for some instances only (``has_mask``) or none at all;
+* the mask loss uses only foreground RoIs matched to instances with masks (``partial_mask_loss``);
+* the mask predictor computes only each RoI's own class channel, and the box predictor regresses
+  only the needed class (training: ground truth; inference: the candidates that pass the score
+  threshold), so neither ``[N, K, M, M]`` nor ``[R, 4(K+1)]`` is ever built;
+* inference caps the (RoI, class) candidates entering NMS (``candidates_per_img``): at K=3000
+  and a low threshold there can be millions, and NMS is quadratic in them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
+
+from .losses import box_losses, partial_mask_loss
+from .predictors import ClassSpecificBoxPredictor, MaskPredictor
+
+
+class MaskXRoIHeads(RoIHeads):
+    """Box and mask heads with partial supervision.
+
+    Constructed like torchvision's ``RoIHeads`` (plus ``candidates_per_img``); requires a
+    :class:`ClassSpecificBoxPredictor` and a :class:`MaskPredictor`.
+
+    Training returns ``{loss_classifier, loss_box_reg, loss_mask}``; inference returns per image
+    ``boxes`` [N, 4], ``labels`` int64 [N], ``scores`` [N] and ``masks`` [N, 1, M, M]
+    (box-local probabilities of each detection's class; the transform pastes them).
+    """
+
+    box_predictor: ClassSpecificBoxPredictor
+    mask_predictor: MaskPredictor
+
+    def __init__(self, *args, candidates_per_img: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.box_predictor, ClassSpecificBoxPredictor):
+            raise TypeError(
+                "box_predictor must be a ClassSpecificBoxPredictor, "
+                f"got {type(self.box_predictor).__name__}"
+            )
+        if not isinstance(self.mask_predictor, MaskPredictor):
+            raise TypeError(
+                f"mask_predictor must be a MaskPredictor, got {type(self.mask_predictor).__name__}"
+            )
+        self.candidates_per_img = candidates_per_img
+
+    # ------------------------------------------------------------------------------ training
+    def check_targets(self, targets: list[dict[str, Tensor]] | None) -> None:
+        if targets is None:
+            raise ValueError("targets should not be None in training")
+        for i, t in enumerate(targets):
+            for key in ("boxes", "labels"):
+                if key not in t:
+                    raise ValueError(f"targets[{i}] has no {key!r} key")
+            if not t["boxes"].is_floating_point():
+                raise TypeError(f"targets[{i}]['boxes'] must be float, got {t['boxes'].dtype}")
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
+
+    @staticmethod
+    def instance_has_mask(target: dict[str, Tensor]) -> Tensor:
+        """bool [G]: which instances of a target carry mask supervision (see docs/contracts.md)."""
+        n = target["labels"].shape[0]
+        device = target["labels"].device
+        if "masks" not in target:
+            return torch.zeros(n, dtype=torch.bool, device=device)
+        if "has_mask" not in target:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        return target["has_mask"].to(device=device, dtype=torch.bool)
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if self.training:
+            return [], self._forward_train(features, proposals, image_shapes, targets)
+        return self._forward_inference(features, proposals, image_shapes), {}
+
+    def _forward_train(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None,
+    ) -> dict[str, Tensor]:
+        self.check_targets(targets)
+        assert targets is not None
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+            proposals, targets
+        )
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits = self.box_predictor.class_logits(box_features)
+        all_labels = torch.cat(labels)
+        pos = torch.where(all_labels > 0)[0]
+        pos_deltas = self.box_predictor.box_deltas(box_features[pos], all_labels[pos])
+        loss_classifier, loss_box_reg = box_losses(
+            class_logits, pos_deltas, all_labels, torch.cat(regression_targets)
+        )
+
+        # Mask RoIs: foreground proposals whose matched instance has a mask (class in A).
+        mask_proposals, mask_matched_idxs, mask_labels, gt_masks = [], [], [], []
+        for props, idxs, labs, target in zip(proposals, matched_idxs, labels, targets, strict=True):
+            has_mask = self.instance_has_mask(target)
+            keep = labs > 0
+            if has_mask.numel() > 0:
+                keep = keep & has_mask[idxs]
+            else:
+                keep = torch.zeros_like(keep)
+            keep = torch.where(keep)[0]
+            mask_proposals.append(props[keep])
+            mask_matched_idxs.append(idxs[keep])
+            mask_labels.append(labs[keep])
+            gt_masks.append(target.get("masks"))
+
+        mask_features = self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
+        mask_logits = self.mask_predictor(mask_features, torch.cat(mask_labels), self.box_predictor)
+        loss_mask = partial_mask_loss(mask_logits, mask_proposals, gt_masks, mask_matched_idxs)
+        return {
+            "loss_classifier": loss_classifier,
+            "loss_box_reg": loss_box_reg,
+            "loss_mask": loss_mask,
+        }
+
+    # ----------------------------------------------------------------------------- inference
+    def _forward_inference(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits = self.box_predictor.class_logits(box_features)
+        boxes, scores, labels = self.postprocess_detections(
+            class_logits, box_features, proposals, image_shapes
+        )
+        result = [
+            {"boxes": b, "labels": lab, "scores": s}
+            for b, s, lab in zip(boxes, scores, labels, strict=True)
+        ]
+        mask_probs = self.predict_masks(features, boxes, labels, image_shapes)
+        for r, m in zip(result, mask_probs, strict=True):
+            r["masks"] = m[:, None]
+        return result
+
+    def predict_masks(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        labels: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[Tensor]:
+        """Box-local mask probabilities [N_i, M, M] of each detection's class, per image."""
+        mask_features = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
+        logits = self.mask_predictor(mask_features, torch.cat(labels), self.box_predictor)
+        return list(logits.sigmoid().split([len(b) for b in boxes]))
+
+    def postprocess_detections(  # type: ignore[override]
+        self,
+        class_logits: Tensor,
+        box_features: Tensor,
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Scores → candidates → class-specific boxes → per-class NMS → top detections.
+
+        Same result as torchvision's ``postprocess_detections`` when ``candidates_per_img`` is
+        None (up to float rounding), but box deltas are computed only for candidates.
+
+        Args:
+            class_logits: [R, K+1] for all RoIs of the batch.
+            box_features: [R, D] box-head features of the same RoIs.
+            proposals: per image, [R_i, 4].
+            image_shapes: per image, (H, W) of the resized image.
+        Returns:
+            per image: boxes [N, 4], scores [N], labels int64 [N] (1..K), N ≤ detections_per_img.
+        """
+        num_classes = class_logits.shape[-1]
+        per_image = [p.shape[0] for p in proposals]
+        scores_list = F.softmax(class_logits, -1).split(per_image)
+        feats_list = box_features.split(per_image)
+
+        all_boxes, all_scores, all_labels = [], [], []
+        for scores, feats, props, image_shape in zip(
+            scores_list, feats_list, proposals, image_shapes, strict=True
+        ):
+            flat = scores[:, 1:].reshape(-1)  # (RoI, class) pairs, class-minor like torchvision
+            cand = torch.where(flat > self.score_thresh)[0]
+            if self.candidates_per_img is not None and cand.numel() > self.candidates_per_img:
+                top = flat[cand].topk(self.candidates_per_img).indices
+                cand = cand[top.sort().values]
+            roi = torch.div(cand, num_classes - 1, rounding_mode="floor")
+            labels = cand - roi * (num_classes - 1) + 1
+            cand_scores = flat[cand]
+            deltas = self.box_predictor.box_deltas(feats[roi], labels)
+            boxes = self.box_coder.decode_single(deltas, props[roi])
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, cand_scores, labels = boxes[keep], cand_scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, cand_scores, labels, self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(cand_scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels
