@@ -111,11 +111,10 @@ class MaskXRoIHeads(RoIHeads):
         mask_proposals, mask_matched_idxs, mask_labels, gt_masks = [], [], [], []
         for props, idxs, labs, target in zip(proposals, matched_idxs, labels, targets, strict=True):
             has_mask = self.instance_has_mask(target)
-            keep = labs > 0
-            if has_mask.numel() > 0:
-                keep = keep & has_mask[idxs]
-            else:
-                keep = torch.zeros_like(keep)
+            # An image without instances has has_mask of length 0 and every RoI is background.
+            keep = (
+                (labs > 0) & has_mask[idxs] if has_mask.numel() > 0 else torch.zeros_like(labs > 0)
+            )
             keep = torch.where(keep)[0]
             mask_proposals.append(props[keep])
             mask_matched_idxs.append(idxs[keep])

@@ -89,7 +89,7 @@ def test_backbone_weights_file_that_does_not_match(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="does not match the backbone"):
         build_model(tiny_config(), backbone_weights=str(bad))
-    with pytest.raises(FileNotFoundError, match="no-such.pth"):
+    with pytest.raises(FileNotFoundError, match=r"no-such\.pth"):
         build_model(tiny_config(), backbone_weights=str(tmp_path / "no-such.pth"))
 
 
