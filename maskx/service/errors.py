@@ -1,0 +1,48 @@
+"""Stable, machine-readable error codes of the HTTP API.
+
+Every error response is JSON ``{"error": {"code": "<code>", "message": "<human text>"}}``; the
+codes below never change meaning. Clients branch on ``code``, people read ``message``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# code -> HTTP status
+ERROR_CODES: dict[str, int] = {
+    "empty_body": 400,
+    "undecodable_image": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "body_too_large": 413,
+    "image_too_large": 413,
+    "unsupported_media_type": 415,
+    "invalid_parameter": 422,
+    "missing_image_field": 422,
+    "unknown_class": 422,
+    "queue_full": 429,
+    "internal_error": 500,
+    "inference_failed": 500,
+    "not_ready": 503,
+    "draining": 503,
+    "deadline_exceeded": 504,
+}
+
+
+class ServiceError(Exception):
+    """An error with a stable ``code``, its HTTP status and a message that names the culprit."""
+
+    def __init__(
+        self, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown error code {code!r}; add it to ERROR_CODES")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = ERROR_CODES[code]
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}

@@ -1,0 +1,92 @@
+"""Prometheus metrics of the worker (names and labels fixed in docs/contracts.md).
+
+Each app owns its own registry so that several apps (tests, benchmarks) can live in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 1 ms .. 10 s, about three buckets per decade.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class ServiceMetrics:
+    """All metrics of one app, registered in ``self.registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "maskx_request_duration_seconds",
+            "End-to-end request latency by route template and status code.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "maskx_requests", "Requests by route and status code.", ["route", "status"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "maskx_queue_wait_seconds",
+            "Time a request waited in the batch queue before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "maskx_inference_seconds",
+            "ONNX Runtime time per batch (one session call).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.preprocess = Histogram(
+            "maskx_preprocess_seconds",
+            "Decode, orientation, conversion and resize per image.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.postprocess = Histogram(
+            "maskx_postprocess_seconds",
+            "Box-local mask paste and RLE encoding per image.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "maskx_batch_size", "Images per ONNX Runtime call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.detections = Histogram(
+            "maskx_detections_per_image",
+            "Detections returned per image.",
+            buckets=DETECTION_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "maskx_in_flight_requests", "POST /segment requests being handled.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "maskx_queue_depth", "Requests waiting in the batch queue.", registry=r
+        )
+        self.queue_capacity = Gauge(
+            "maskx_queue_capacity", "Size of the bounded batch queue.", registry=r
+        )
+        self.model_info = Gauge(
+            "maskx_model_info",
+            "The model being served (value 1).",
+            ["name", "version", "provider"],
+            registry=r,
+        )
+
+    def bind_queue(self, depth: Callable[[], float], capacity: int) -> None:
+        """Read the queue depth at scrape time instead of tracking every put and get."""
+        self.queue_depth.set_function(depth)
+        self.queue_capacity.set(capacity)
+
+    def set_model(self, name: str, version: str, provider: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version, provider=provider).set(1)

@@ -1,0 +1,275 @@
+"""The model core: an ONNX Runtime session behind a small interface that tests can fake.
+
+The graph contract (docs/contracts.md, "ONNX graph"):
+
+* inputs ``images`` uint8 ``[B, 3, H, W]`` RGB, zero-padded to multiples of ``size_divisible``;
+  ``image_sizes`` int64 ``[B, 2]`` (height, width of each valid region);
+* outputs ``boxes`` float32 ``[N, 4]`` (x1, y1, x2, y2 in input pixels), ``scores`` float32
+  ``[N]``, ``labels`` int64 ``[N]`` (1..K), ``batch_index`` int64 ``[N]``, ``mask_probs`` float32
+  ``[N, M, M]``; detections of one image contiguous and sorted by descending score;
+* metadata key ``maskx``: one JSON object (:class:`ModelInfo`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger("maskx.service")
+
+METADATA_KEY = "maskx"
+INPUT_NAMES = ("images", "image_sizes")
+OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index", "mask_probs")
+TENSORRT_EXCLUDED_OPS = "NonMaxSuppression,NonZero,RoiAlign"
+
+_ORT_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_SHORT_NAMES = {v: k for k, v in _ORT_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the service needs to know about a model, read from the ``maskx`` metadata."""
+
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    mask_classes: tuple[bool, ...]
+    min_size: int
+    max_size: int
+    size_divisible: int = 32
+    mask_resolution: int = 28
+    format_version: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_name(self, label: int) -> str:
+        """Name of model label ``label`` (1..K)."""
+        return self.classes[label - 1]
+
+    def mask_source(self, label: int) -> str:
+        """``supervised`` for classes in the mask set A, ``transferred`` for classes in B."""
+        return "supervised" if self.mask_classes[label - 1] else "transferred"
+
+
+def parse_metadata(raw: str, source: str = "model") -> ModelInfo:
+    """Parse the ``maskx`` metadata JSON; errors name ``source`` and the field at fault."""
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{source}: metadata key {METADATA_KEY!r} is not valid JSON: {exc}"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{source}: metadata key {METADATA_KEY!r} must hold a JSON object")
+
+    def need(key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in meta:
+            raise ValueError(f"{source}: metadata {METADATA_KEY!r} lacks field {key!r}")
+        value = meta[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            raise ValueError(
+                f"{source}: metadata field {key!r}={value!r} should be of type "
+                f"{getattr(kind, '__name__', kind)}"
+            )
+        return value
+
+    version = meta.get("format_version", 1)
+    if version != 1:
+        raise ValueError(f"{source}: metadata format_version={version!r} is not supported (1)")
+    classes = need("classes", list)
+    if not classes or not all(isinstance(c, str) and c for c in classes):
+        raise ValueError(f"{source}: metadata field 'classes' must be a non-empty list of names")
+    mask_classes = meta.get("mask_classes", [True] * len(classes))
+    if len(mask_classes) != len(classes) or not all(isinstance(m, bool) for m in mask_classes):
+        raise ValueError(
+            f"{source}: metadata field 'mask_classes' must be {len(classes)} booleans "
+            f"(one per class), got {len(mask_classes)} values"
+        )
+    min_size = need("min_size", int)
+    max_size = need("max_size", int)
+    if not 0 < min_size <= max_size:
+        raise ValueError(
+            f"{source}: metadata min_size={min_size}, max_size={max_size}: need 0 < min <= max"
+        )
+    size_divisible = meta.get("size_divisible", 32)
+    mask_resolution = meta.get("mask_resolution", 28)
+    for key, value in (("size_divisible", size_divisible), ("mask_resolution", mask_resolution)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{source}: metadata field {key!r}={value!r} must be a positive int")
+    known = {"format_version", "name", "version", "classes", "mask_classes", "min_size"}
+    known |= {"max_size", "size_divisible", "mask_resolution"}
+    return ModelInfo(
+        name=str(meta.get("name", "maskx")),
+        version=str(meta.get("version", "0")),
+        classes=tuple(classes),
+        mask_classes=tuple(mask_classes),
+        min_size=min_size,
+        max_size=max_size,
+        size_divisible=size_divisible,
+        mask_resolution=mask_resolution,
+        format_version=version,
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+@dataclass
+class RawDetections:
+    """Graph outputs for a whole batch (see the module docstring for shapes)."""
+
+    boxes: np.ndarray  # float32 [N, 4], input pixels
+    scores: np.ndarray  # float32 [N]
+    labels: np.ndarray  # int64 [N], 1..K
+    batch_index: np.ndarray  # int64 [N]
+    mask_probs: np.ndarray  # float32 [N, M, M]
+
+    def split(self, batch_size: int) -> list[RawDetections]:
+        """One :class:`RawDetections` per image of the batch, in batch order."""
+        order = np.argsort(self.batch_index, kind="stable")
+        sorted_index = self.batch_index[order]
+        bounds = np.searchsorted(sorted_index, np.arange(batch_size + 1))
+        out = []
+        for b in range(batch_size):
+            sel = order[bounds[b] : bounds[b + 1]]
+            out.append(
+                RawDetections(
+                    boxes=self.boxes[sel],
+                    scores=self.scores[sel],
+                    labels=self.labels[sel],
+                    batch_index=self.batch_index[sel],
+                    mask_probs=self.mask_probs[sel],
+                )
+            )
+        return out
+
+
+class Runtime(Protocol):
+    """The core step: one call per batch. Implementations must be thread-safe for ``run``."""
+
+    info: ModelInfo
+    provider: str  # short name of the provider in use: tensorrt, cuda or cpu (or fake)
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> RawDetections:
+        """``images`` uint8 [B, 3, H, W], ``image_sizes`` int64 [B, 2] -> whole-batch outputs."""
+        ...
+
+
+def select_providers(
+    requested: Sequence[str], available: Sequence[str]
+) -> tuple[list[str | tuple[str, dict[str, str]]], str]:
+    """ONNX Runtime provider list for ``requested`` short names (or ``["auto"]``).
+
+    Returns the list to pass to ``InferenceSession`` and a sentence explaining the choice (logged
+    at start-up). TensorRT gets ``trt_op_types_to_exclude`` so that NMS, NonZero and RoiAlign stay
+    on CUDA; CUDA gets ``cudnn_conv_algo_search=HEURISTIC`` because the default exhaustive search
+    re-benchmarks convolutions for every new input shape (hundreds of ms per shape). CPU is always
+    appended as the fallback.
+    """
+    available = list(available)
+    if list(requested) == ["auto"]:
+        wanted = ["cuda"] if _ORT_NAMES["cuda"] in available else []
+        reason = (
+            "auto: CUDA available"
+            if wanted
+            else f"auto: CUDA not available in this onnxruntime build ({', '.join(available)})"
+        )
+    else:
+        wanted = [p for p in requested if p != "cpu"]
+        missing = [p for p in wanted if _ORT_NAMES[p] not in available]
+        wanted = [p for p in wanted if p not in missing]
+        reason = f"requested {','.join(requested)}" + (
+            f"; not available in this onnxruntime build: {','.join(missing)}" if missing else ""
+        )
+    providers: list[str | tuple[str, dict[str, str]]] = []
+    for name in wanted:
+        if name == "tensorrt":
+            providers.append((_ORT_NAMES[name], {"trt_op_types_to_exclude": TENSORRT_EXCLUDED_OPS}))
+        elif name == "cuda":
+            providers.append((_ORT_NAMES[name], {"cudnn_conv_algo_search": "HEURISTIC"}))
+    providers.append(_ORT_NAMES["cpu"])
+    return providers, reason
+
+
+class OnnxRuntimeEngine:
+    """An ONNX Runtime session over a model file that honours the graph contract."""
+
+    def __init__(self, model_path: str | Path, providers: Sequence[str] = ("auto",)) -> None:
+        import onnxruntime as ort
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"MASKX_MODEL_PATH={str(path)!r}: no such file; export a model with "
+                "'maskx export' or point MASKX_MODEL_PATH at an .onnx file"
+            )
+        provider_list, reason = select_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=provider_list
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
+        used = self.session.get_providers()
+        self.provider = _SHORT_NAMES.get(used[0], used[0])
+        wanted_first = provider_list[0]
+        wanted_first = wanted_first[0] if isinstance(wanted_first, tuple) else wanted_first
+        if used[0] != wanted_first:
+            log.warning(
+                "provider %s could not be initialised, running on %s (%s)",
+                wanted_first,
+                used[0],
+                reason,
+            )
+        elif self.provider == "cpu" and providers != ("cpu",) and list(providers) != ["cpu"]:
+            log.warning("running on the CPU provider: %s", reason)
+        else:
+            log.info("running on the %s provider (%s)", self.provider, reason)
+        self._check_io(path)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise ValueError(
+                f"{path}: metadata_props has no {METADATA_KEY!r} key; export the model with "
+                "'maskx export' (keys found: " + ", ".join(sorted(meta)) + ")"
+            )
+        self.info = parse_metadata(meta[METADATA_KEY], source=str(path))
+        self.path = path
+
+    def _check_io(self, path: Path) -> None:
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(inputs) != sorted(INPUT_NAMES):
+            raise ValueError(f"{path}: graph inputs are {inputs}, expected {list(INPUT_NAMES)}")
+        missing = [o for o in OUTPUT_NAMES if o not in outputs]
+        if missing:
+            raise ValueError(f"{path}: graph outputs lack {missing} (found {outputs})")
+
+    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> RawDetections:
+        boxes, scores, labels, batch_index, mask_probs = self.session.run(
+            list(OUTPUT_NAMES), {"images": images, "image_sizes": image_sizes}
+        )
+        return RawDetections(
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            scores=np.asarray(scores, dtype=np.float32).reshape(-1),
+            labels=np.asarray(labels, dtype=np.int64).reshape(-1),
+            batch_index=np.asarray(batch_index, dtype=np.int64).reshape(-1),
+            mask_probs=np.asarray(mask_probs, dtype=np.float32),
+        )
+
+
+def load_runtime(model_path: str | Path, providers: Sequence[str] = ("auto",)) -> Runtime:
+    """Open ``model_path`` with ONNX Runtime (the production runtime)."""
+    return OnnxRuntimeEngine(model_path, providers)

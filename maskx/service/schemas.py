@@ -1,0 +1,81 @@
+"""Pydantic models of the HTTP API, so that ``/openapi.json`` describes it exactly.
+
+Responses are built as plain dicts and serialised with orjson (the hot path does not validate
+them); these models document the shape and are checked against real responses in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RleMask(BaseModel):
+    size: tuple[int, int] = Field(description="[height, width] of the image.")
+    counts: str = Field(description="COCO compressed RLE (decodes with pycocotools.mask.decode).")
+
+
+class DetectionOut(BaseModel):
+    box: tuple[float, float, float, float] = Field(
+        description="x1, y1, x2, y2 in pixels of the image as displayed (EXIF applied)."
+    )
+    score: float = Field(ge=0, le=1)
+    label: int = Field(ge=1, description="Model label, 1..num_classes.")
+    name: str
+    mask_source: Literal["supervised", "transferred"] = Field(
+        description="supervised: class had mask training data (A); transferred: class in B."
+    )
+    mask: RleMask | None = Field(None, description="Absent with masks=none.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    num_classes: int
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Timing(BaseModel):
+    decode: float
+    queue: float
+    inference: float
+    postprocess: float
+
+
+class SegmentResponse(BaseModel):
+    model: ModelRef
+    image: ImageSize
+    detections: list[DetectionOut]
+    timing_ms: Timing
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. queue_full.")
+    message: str = Field(description="What went wrong and what to do.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "ready"]
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    num_classes: int
+    classes: list[str]
+    mask_classes: list[bool] = Field(description="True for classes in the mask set A.")
+    provider: str = Field(description="Execution provider in use: tensorrt, cuda or cpu.")
+    min_size: int
+    max_size: int
+    size_divisible: int
+    mask_resolution: int
+    max_batch_size: int

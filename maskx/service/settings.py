@@ -1,0 +1,95 @@
+"""Typed service settings (``MASKX_`` environment variables; names fixed in docs/contracts.md).
+
+Misconfiguration fails when ``Settings()`` is built, before any model is loaded, with a message
+that names the variable at fault.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROVIDER_NAMES = ("tensorrt", "cuda", "cpu")
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the serving worker, with the documented defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MASKX_", extra="ignore", validate_default=True, protected_namespaces=()
+    )
+
+    model_path: Path = Field(Path("artifacts/demo/model.onnx"), description="ONNX file to serve.")
+    providers: str = Field(
+        "auto",
+        description="Comma list of tensorrt,cuda,cpu in order of preference, or 'auto' "
+        "(CUDA when available, else CPU). TensorRT is opt-in only.",
+    )
+    max_batch_size: int = Field(4, ge=1, le=256, description="Most requests per ONNX Runtime call.")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0.0, le=10_000.0, description="Longest wait to fill a batch."
+    )
+    queue_size: int = Field(64, ge=1, le=100_000, description="Bounded queue; full -> 429.")
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="Per-request deadline; passed -> 504."
+    )
+    max_body_bytes: int = Field(20_000_000, ge=1, description="Body limit; over -> 413.")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Width x height limit checked before decoding; over -> 413."
+    )
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default score_threshold.")
+    mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default mask_threshold.")
+    max_detections: int = Field(100, ge=1, le=1000, description="Default max_detections.")
+    host: str = Field("0.0.0.0", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port (0 picks a free one).")
+    api_key: SecretStr | None = Field(
+        None, description="When set, /segment needs 'Authorization: Bearer <key>'."
+    )
+    worker_threads: int = Field(
+        2, ge=1, le=256, description="Thread pool for decode and post-processing."
+    )
+    warmup: bool = Field(True, description="Run warm-up inferences before /readyz turns ready.")
+    log_level: LogLevel = Field("info", description="Log level.")
+
+    @field_validator("providers")
+    @classmethod
+    def _check_providers(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == "auto":
+            return value
+        names = [p.strip() for p in value.split(",") if p.strip()]
+        unknown = [p for p in names if p not in PROVIDER_NAMES]
+        if not names or unknown:
+            raise ValueError(
+                f"MASKX_PROVIDERS={value!r}: expected 'auto' or a comma list of "
+                f"{', '.join(PROVIDER_NAMES)}; unknown: {unknown or '(empty)'}"
+            )
+        return ",".join(dict.fromkeys(names))
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty MASKX_API_KEY= in a compose file means "no key", not "the empty key".
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Settings:
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"MASKX_QUEUE_SIZE={self.queue_size} is smaller than "
+                f"MASKX_MAX_BATCH_SIZE={self.max_batch_size}: a batch could never fill; "
+                "raise the queue size or lower the batch size"
+            )
+        return self
+
+    @property
+    def provider_list(self) -> list[str]:
+        """Requested providers in order of preference (``["auto"]`` for automatic choice)."""
+        return self.providers.split(",")
