@@ -152,7 +152,10 @@
         const [x1, y1, x2, y2] = det.box;
         ctx.lineWidth = line;
         ctx.strokeStyle = color;
-        ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+        // Odd widths on half-pixel centres cover whole pixels instead of blending two columns.
+        const off = line % 2 ? 0.5 : 0;
+        const [rx1, ry1, rx2, ry2] = [x1, y1, x2, y2].map((v) => Math.round(v) + off);
+        ctx.strokeRect(rx1, ry1, rx2 - rx1, ry2 - ry1);
         const text = `${det.name} ${det.score.toFixed(2)}`;
         const tw = ctx.measureText(text).width, th = fontPx;
         const ty = y1 - th - 4 >= 0 ? y1 - th - 4 : y1;

@@ -1,0 +1,214 @@
+"""The demo page in headless Chromium against the real app served by uvicorn on loopback.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``); Playwright drives it through
+``executable_path``, so no browser download is involved. The screenshot of the page after a
+sample was segmented is kept at ``artifacts/test-screenshots/demo_page.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from maskx.service.app import create_app
+from maskx.service.overlay import class_color
+from maskx.service.settings import Settings
+from tests.service.contract_model import CLASSES, SAMPLES, make_fixture_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT_DIR = ROOT / "artifacts" / "test-screenshots"
+CHROMIUM = Path(os.environ.get("MASKX_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on a free loopback port, with a real ONNX Runtime session on the fixture graph."""
+    model = make_fixture_model(tmp_path_factory.mktemp("model") / "fixture.onnx")
+    settings = Settings(model_path=model, providers="cpu", host="127.0.0.1", port=0)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            pytest.fail(f"the app did not become ready at {url}/readyz within 30 s")
+        time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"headless Chromium not found at {CHROMIUM}: install it with "
+            "`apt-get install -y chromium` (Debian), or point MASKX_CHROMIUM at the binary"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, base_url: str) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    context = browser.new_context(viewport={"width": 1200, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base_url}/")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the demo page: {errors}"
+
+
+def _canvas_pixels(page) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The demo canvas as uint8 RGB [H, W, 3] (lossless PNG export of its own pixels)."""
+    data_url = page.evaluate("document.getElementById('canvas').toDataURL('image/png')")
+    png = base64.b64decode(data_url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def _wait_done(page, rows: int | None = None) -> dict:  # type: ignore[no-untyped-def]
+    page.wait_for_selector('#status[data-state="done"]')
+    if rows is not None:
+        page.wait_for_function(
+            f"document.querySelectorAll('#detections tbody tr').length === {rows}"
+        )
+    return page.evaluate("window.maskxDemo.lastResponse")
+
+
+def test_demo_page_draws_masks_boxes_and_labels(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_selector('#model-info[data-loaded="true"]')
+    assert "predict-fixture 0.0.1" in page.inner_text("#model-info")
+
+    page.click('button.sample[data-sample="synth-1.png"]')
+    response = _wait_done(page, rows=2)
+    dets = response["detections"]
+    assert [d["name"] for d in dets] == ["disk-red", "ring-blue"]
+
+    original = np.asarray(Image.open(SAMPLES / "synth-1.png").convert("RGB")).astype(int)
+    height, width = original.shape[:2]
+    canvas = _canvas_pixels(page)
+    assert canvas.shape == original.shape, "the canvas keeps the image's own pixel grid"
+    changed = np.abs(canvas - original).sum(axis=2) > 30
+    for det in dets:
+        x1, y1, x2, y2 = (round(v) for v in det["box"])
+        inside = changed[y1:y2, x1:x2]
+        # A disk of radius 0.42 of the box is blended in, plus the outline and the label.
+        assert inside.mean() > 0.4, (det["name"], float(inside.mean()))
+        # The mask tint follows mask_source: the box centre moved towards the class colour,
+        # the same palette as the PNG overlays of maskx predict.
+        colour = np.array(class_color(det["label"], det["mask_source"]))
+        cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+        before = np.abs(original[cy, cx] - colour).sum()
+        after = np.abs(canvas[cy, cx] - colour).sum()
+        assert after < 0.7 * before, (det["name"], before, after)
+        # The box outline is the class colour (same palette in JS and Python).
+        edge = canvas[cy, x1]
+        assert np.abs(edge - colour).max() <= 2, (det["name"], edge.tolist(), colour.tolist())
+    # Away from the boxes and their labels, the image is drawn untouched.
+    np.testing.assert_array_equal(
+        canvas[height - 12 :, : width // 2], original[height - 12 :, : width // 2]
+    )
+
+    # Labels: table rows with name, score and mask source; a legend entry per class.
+    table = page.inner_text("#detections tbody")
+    for det in dets:
+        assert det["name"] in table and f"{det['score']:.3f}" in table
+        assert det["mask_source"] in table
+    legend = page.inner_text("#legend")
+    assert "disk-red (supervised)" in legend and "ring-blue (transferred)" in legend
+    timings = page.inner_text("#timings")
+    for stage in ("decode", "queue", "inference", "postprocess"):
+        assert stage in timings
+
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / "demo_page.png"), full_page=True)
+
+
+def test_demo_page_thresholds_requery(page) -> None:  # type: ignore[no-untyped-def]
+    page.set_input_files("#file-input", str(SAMPLES / "synth-2.png"))
+    _wait_done(page, rows=2)
+    page.fill("#score-threshold", "0.2")  # the 0.30 detection appears
+    response = _wait_done(page, rows=3)
+    assert [d["name"] for d in response["detections"]] == CLASSES
+
+    def mask_pixels(resp: dict) -> int:
+        return int(
+            page.evaluate(
+                "(m) => window.maskxDemo.rleDecode(m).reduce((a, b) => a + b, 0)",
+                resp["detections"][0]["mask"],
+            )
+        )
+
+    loose = mask_pixels(response)
+    page.fill("#mask-threshold", "0.95")
+    page.wait_for_function(
+        f"window.maskxDemo.lastResponse.detections[0].mask.counts !== "
+        f"{response['detections'][0]['mask']['counts']!r}"
+    )
+    strict = mask_pixels(page.evaluate("window.maskxDemo.lastResponse"))
+    assert 0 < strict < loose
+
+
+def test_demo_page_drop_and_error(page) -> None:  # type: ignore[no-untyped-def]
+    # Drop a sample file on the drop zone, as a user dragging from the desktop would.
+    page.evaluate(
+        """async () => {
+            const blob = await (await fetch('static/samples/synth-3.png')).blob();
+            const dt = new DataTransfer();
+            dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+            document.getElementById('drop-zone').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }"""
+    )
+    _wait_done(page, rows=2)
+    assert "dropped.png" in page.inner_text("#status")
+
+    # A file that is not an image: the page shows the service's error code and message.
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}],
+    )
+    page.wait_for_selector('#status[data-state="error"]')
+    status = page.inner_text("#status")
+    assert "400" in status and "undecodable_image" in status, status
