@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,11 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(seg, height, width)
     else:
         rle = seg
-    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode trips NumPy 2's copy-keyword DeprecationWarning; harmless.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = mask_utils.decode(rle)
+    return np.ascontiguousarray(decoded, dtype=np.uint8)
 
 
 def _summarise(ids: Sequence[int]) -> str:
