@@ -37,7 +37,8 @@ def test_vocabulary_puts_coco_classes_first_then_frequent_synsets() -> None:
     assert list(v.names[:80]) == coco_names
     assert v.names[80:] == ("man.n.01", "tree.n.01", "window.n.01")  # by frequency 4, 3, 2
     assert v.mask_classes == (True,) * 80 + (False,) * 3
-    assert v.source_ids == tuple(range(1, 84))
+    # COCO classes keep their COCO ids (for scoring against COCO json), the others 1000 + label
+    assert v.source_ids == (*(c.coco_id for c in coco_classes()), 1081, 1082, 1083)
     assert build_vg_vocabulary(json.loads((VG / "objects.json").read_text()), 84).names[-1] == (
         "shirt.n.01"  # shirt and zucchini tie at 1; names break the tie
     )

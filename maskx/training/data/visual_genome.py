@@ -28,6 +28,7 @@ from maskx.training.data.vocab import ClassVocabulary
 
 __all__ = [
     "VG_IMAGE_FOLDERS",
+    "VG_SOURCE_ID_OFFSET",
     "VisualGenomeDataset",
     "VisualGenomeStats",
     "build_vg_vocabulary",
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Image folders of the Visual Genome release, tried in this order.
 VG_IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
+#: ``source_ids`` of the non-COCO classes of a Visual Genome vocabulary are this + model label.
+VG_SOURCE_ID_OFFSET = 1000
 _MIN_BOX_SIZE = 1.0
 _IDS_IN_SUMMARY = 10
 
@@ -56,8 +59,9 @@ def build_vg_vocabulary(
     The 80 COCO classes come first (COCO order, ``mask_classes`` True, named by their COCO name)
     whatever their Visual Genome frequency, then the ``num_classes - 80`` most frequent other
     synsets (ties broken by name), which form B. Frequencies count every synset of every object,
-    as the reference does. ``source_ids`` are the 1-based positions (the reference's joint
-    category ids).
+    as the reference does. ``source_ids``: the COCO category id for the COCO classes, so that
+    predictions are scored against COCO annotations with the right ids; ``1000 + label`` for the
+    others (Visual Genome has no category ids; this keeps clear of COCO's 1..90).
 
     Args:
         objects_data: the parsed ``objects.json`` (a list of ``{"image_id", "objects": [...]}``).
@@ -75,7 +79,10 @@ def build_vg_vocabulary(
     others = [s for s, _ in ranked[: num_classes - len(coco)]]
     names = [c.name for c in coco] + others
     flags = [True] * len(coco) + [False] * len(others)
-    return ClassVocabulary(tuple(names), tuple(flags), tuple(range(1, len(names) + 1)))
+    ids = [c.coco_id for c in coco] + [
+        VG_SOURCE_ID_OFFSET + label for label in range(len(coco) + 1, len(names) + 1)
+    ]
+    return ClassVocabulary(tuple(names), tuple(flags), tuple(ids))
 
 
 def synset_labels(vocab: ClassVocabulary) -> dict[str, int]:

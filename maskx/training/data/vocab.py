@@ -31,7 +31,8 @@ class ClassVocabulary:
         names: K distinct class names; class ``i`` is model label ``i + 1``.
         mask_classes: K bools, True for classes in the mask set A.
         source_ids: K distinct ints, the dataset's own category id of each class (COCO
-            ``category_id``; for Visual Genome, the class's 1-based position).
+            ``category_id``; in the Visual Genome vocabulary, the COCO id of the COCO classes and
+            ``1000 + label`` for the others).
     """
 
     names: tuple[str, ...]
