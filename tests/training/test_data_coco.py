@@ -85,6 +85,7 @@ def test_crowd_and_degenerate_are_not_instances_and_box_is_clipped() -> None:
     assert t4["boxes"].shape == (0, 4) and t4["masks"].shape == (0, 48, 64)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs NumPy 2
 def test_masks_match_pycocotools_for_every_encoding() -> None:
     ds = _dataset(mask_classes="all")
     coco = COCO(str(ANN))
