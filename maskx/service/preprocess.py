@@ -18,8 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from maskx.service.errors import ServiceError
 
 # Formats Pillow may try; anything else (SVG, HTML, PDF, ...) is rejected without parsing.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO
 _EXIF_ORIENTATION = 0x0112
+Image.init()  # register every plugin now: ``Image.open(formats=...)`` only looks at loaded ones
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 

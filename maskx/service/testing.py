@@ -195,6 +195,29 @@ def build_test_model(
     return path
 
 
+def make_image(
+    width: int = 640,
+    height: int = 480,
+    fmt: str = "JPEG",
+    mode: str = "RGB",
+    seed: int = 0,
+    **save: Any,
+) -> bytes:
+    """Encoded image bytes (``fmt`` as Pillow names it) with smooth random content."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(height // 16, 1), max(width // 16, 1), 3), dtype=np.uint8)
+    img = Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BILINEAR)
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
 class FakeRuntime:
     """A runtime without ONNX Runtime: returns :func:`expected_outputs` after ``delay_s``.
 
@@ -229,3 +252,55 @@ class FakeRuntime:
         if self.fail:
             raise RuntimeError("fake runtime failure")
         return expected_outputs(image_sizes)
+
+
+class LiveServer:
+    """A real uvicorn server on loopback in a background thread (for tests and benchmarks).
+
+    Use as a context manager; ``url`` is ``http://127.0.0.1:<port>`` once entered. ``server`` is
+    the draining uvicorn server of ``maskx serve``, so ``server.handle_exit(SIGTERM, None)``
+    drains exactly as a signal would.
+    """
+
+    def __init__(self, app: Any, *, start_timeout_s: float = 30.0) -> None:
+        self.app = app
+        self.start_timeout_s = start_timeout_s
+        self.url = ""
+        self.server: Any = None
+        self._thread: Any = None
+
+    def __enter__(self) -> LiveServer:
+        import threading
+
+        from maskx.service.cli import make_server
+        from maskx.service.settings import Settings
+
+        settings: Settings = self.app.state.settings.model_copy(
+            update={"host": "127.0.0.1", "port": 0, "log_level": "warning"}
+        )
+        self.server = make_server(self.app, settings)
+        self._thread = threading.Thread(target=self.server.run, name="maskx-live", daemon=True)
+        self._thread.start()
+        until = time.monotonic() + self.start_timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > until:
+                raise RuntimeError("the live server did not start (see the log above)")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Block until ``GET /readyz`` answers 200."""
+        import httpx
+
+        until = time.monotonic() + timeout_s
+        while time.monotonic() < until:
+            if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.url}/readyz did not turn ready within {timeout_s} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)

@@ -1,0 +1,136 @@
+"""Dynamic batching: one runtime call per batch, bounded queue, deadlines, drain."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from maskx.service.batcher import Batcher
+from maskx.service.errors import ServiceError
+from maskx.service.pipeline import infer_batch
+from maskx.service.preprocess import PreparedImage
+from maskx.service.testing import FakeRuntime
+
+
+def image(h: int = 64, w: int = 96) -> PreparedImage:
+    return PreparedImage(pixels=np.zeros((3, h, w), np.uint8), height=h * 2, width=w * 2)
+
+
+def make(rt: FakeRuntime, **kw: float) -> Batcher:
+    args = {"max_batch_size": 4, "max_batch_delay_s": 0.05, "queue_size": 16} | kw
+    return Batcher(lambda imgs: infer_batch(rt, imgs), **args)  # type: ignore[arg-type]
+
+
+def test_waiting_requests_share_one_runtime_call() -> None:
+    rt = FakeRuntime()
+
+    async def scenario() -> list:
+        b = make(rt)
+        b.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        sizes = [(64, 96), (96, 64), (32, 32), (64, 64), (64, 96), (32, 64)]
+        futures = [b.submit(image(*s), deadline) for s in sizes]
+        outs = await asyncio.gather(*futures)
+        await b.drain()
+        return list(zip(sizes, outs, strict=True))
+
+    results = asyncio.run(scenario())
+    assert rt.calls == [4, 2]
+    for (h, w), out in results:
+        # each request got its own image's detections back (boxes scale with its size)
+        assert out.raw.boxes[:, 2].max() <= w and out.raw.boxes[:, 3].max() <= h
+        assert out.raw.boxes[:, 2].max() > 0.9 * w
+    assert [o.batch_size for _, o in results] == [4, 4, 4, 4, 2, 2]
+
+
+def test_lone_request_waits_at_most_the_batch_delay() -> None:
+    rt = FakeRuntime()
+
+    async def scenario() -> float:
+        b = make(rt, max_batch_delay_s=0.02)
+        b.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await b.submit(image(), t0 + 5)
+        elapsed = loop.time() - t0
+        await b.drain()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 0.5
+    assert rt.calls == [1]
+
+
+def test_full_queue_refuses_at_once_with_retry_after() -> None:
+    rt = FakeRuntime(delay_s=0.2)
+
+    async def scenario() -> None:
+        b = make(rt, max_batch_size=1, queue_size=2, max_batch_delay_s=0)
+        b.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        first = b.submit(image(), deadline)
+        await asyncio.sleep(0.05)  # the worker took it: the queue is empty again
+        queued = [b.submit(image(), deadline) for _ in range(2)]
+        with pytest.raises(ServiceError) as err:
+            b.submit(image(), deadline)
+        assert err.value.code == "queue_full" and err.value.headers["Retry-After"]
+        await asyncio.gather(first, *queued)
+        await b.drain()
+
+    asyncio.run(scenario())
+
+
+def test_expired_requests_are_not_run() -> None:
+    rt = FakeRuntime(delay_s=0.2)
+
+    async def scenario() -> None:
+        b = make(rt, max_batch_size=1, max_batch_delay_s=0)
+        b.start()
+        loop = asyncio.get_running_loop()
+        first = b.submit(image(), loop.time() + 5)
+        late = b.submit(image(), loop.time() + 0.05)  # expires while the first one runs
+        await first
+        with pytest.raises(ServiceError) as err:
+            await late
+        assert err.value.code == "deadline_exceeded"
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert rt.calls == [1]
+
+
+def test_runtime_failure_reaches_every_request_of_the_batch() -> None:
+    rt = FakeRuntime(fail=True)
+
+    async def scenario() -> list:
+        b = make(rt)
+        b.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        futures = [b.submit(image(), deadline) for _ in range(3)]
+        outs = await asyncio.gather(*futures, return_exceptions=True)
+        await b.drain()
+        return outs
+
+    outs = asyncio.run(scenario())
+    assert all(isinstance(o, ServiceError) and o.code == "inference_failed" for o in outs)
+
+
+def test_drain_finishes_queued_work_and_refuses_new() -> None:
+    rt = FakeRuntime(delay_s=0.05)
+
+    async def scenario() -> None:
+        b = make(rt, max_batch_size=1, max_batch_delay_s=0)
+        b.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        futures = [b.submit(image(), deadline) for _ in range(3)]
+        drain = asyncio.create_task(b.drain())
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceError) as err:
+            b.submit(image(), deadline)
+        assert err.value.code == "draining"
+        await drain
+        assert all(f.done() and not f.exception() for f in futures)
+
+    asyncio.run(scenario())
+    assert rt.calls == [1, 1, 1]
