@@ -10,24 +10,21 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from maskx.service.app import create_app
 from maskx.service.overlay import class_color
 from maskx.service.settings import Settings
-from tests.service.contract_model import CLASSES, SAMPLES, make_fixture_model
+from maskx.service.testing import CLASSES, LABELS, LiveServer, build_test_model, default_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "maskx" / "service" / "static" / "samples"
+NAMES = [CLASSES[label - 1] for label in LABELS]  # the graph's detections, best first
 SCREENSHOT_DIR = ROOT / "artifacts" / "test-screenshots"
 CHROMIUM = Path(os.environ.get("MASKX_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -44,32 +41,13 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app on a free loopback port, with a real ONNX Runtime session on the fixture graph."""
-    model = make_fixture_model(tmp_path_factory.mktemp("model") / "fixture.onnx")
-    settings = Settings(model_path=model, providers="cpu", host="127.0.0.1", port=0)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            pytest.fail(f"the app did not become ready at {url}/readyz within 30 s")
-        time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    """The app served by uvicorn on a free loopback port, as ``maskx serve`` runs it, with a
+    real ONNX Runtime session on the service's synthetic test graph (whose outputs we pin)."""
+    model = build_test_model(tmp_path_factory.mktemp("model") / "test.onnx")
+    settings = Settings(model_path=model, providers="cpu")
+    with LiveServer(create_app(settings)) as server:
+        server.wait_ready()
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -108,22 +86,28 @@ def _canvas_pixels(page) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def _wait_done(page, rows: int | None = None) -> dict:  # type: ignore[no-untyped-def]
-    page.wait_for_selector('#status[data-state="done"]')
+    """Wait for a finished request (with ``rows`` table rows); fail at once on a shown error."""
+    state = "document.getElementById('status').dataset.state"
+    done = f"{state} === 'done'"
     if rows is not None:
-        page.wait_for_function(
-            f"document.querySelectorAll('#detections tbody tr').length === {rows}"
-        )
+        done += f" && document.querySelectorAll('#detections tbody tr').length === {rows}"
+    page.wait_for_function(f"{state} === 'error' || ({done})")
+    assert page.get_attribute("#status", "data-state") == "done", (
+        f"the demo page shows an error: {page.inner_text('#status')}"
+    )
     return page.evaluate("window.maskxDemo.lastResponse")
 
 
 def test_demo_page_draws_masks_boxes_and_labels(page) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_selector('#model-info[data-loaded="true"]')
-    assert "predict-fixture 0.0.1" in page.inner_text("#model-info")
+    meta = default_metadata()
+    assert f"{meta['name']} {meta['version']}" in page.inner_text("#model-info")
 
     page.click('button.sample[data-sample="synth-1.png"]')
     response = _wait_done(page, rows=2)
     dets = response["detections"]
-    assert [d["name"] for d in dets] == ["disk-red", "ring-blue"]
+    assert [d["name"] for d in dets] == NAMES[:2]
+    assert [d["mask_source"] for d in dets] == ["supervised", "transferred"]
 
     original = np.asarray(Image.open(SAMPLES / "synth-1.png").convert("RGB")).astype(int)
     height, width = original.shape[:2]
@@ -133,8 +117,8 @@ def test_demo_page_draws_masks_boxes_and_labels(page) -> None:  # type: ignore[n
     for det in dets:
         x1, y1, x2, y2 = (round(v) for v in det["box"])
         inside = changed[y1:y2, x1:x2]
-        # A disk of radius 0.42 of the box is blended in, plus the outline and the label.
-        assert inside.mean() > 0.4, (det["name"], float(inside.mean()))
+        # A soft disc or square of about a third of the box is blended in, plus the outline.
+        assert inside.mean() > 0.3, (det["name"], float(inside.mean()))
         # The mask tint follows mask_source: the box centre moved towards the class colour,
         # the same palette as the PNG overlays of maskx predict.
         colour = np.array(class_color(det["label"], det["mask_source"]))
@@ -156,7 +140,8 @@ def test_demo_page_draws_masks_boxes_and_labels(page) -> None:  # type: ignore[n
         assert det["name"] in table and f"{det['score']:.3f}" in table
         assert det["mask_source"] in table
     legend = page.inner_text("#legend")
-    assert "disk-red (supervised)" in legend and "ring-blue (transferred)" in legend
+    for det in dets:
+        assert f"{det['name']} ({det['mask_source']})" in legend
     timings = page.inner_text("#timings")
     for stage in ("decode", "queue", "inference", "postprocess"):
         assert stage in timings
@@ -168,9 +153,9 @@ def test_demo_page_draws_masks_boxes_and_labels(page) -> None:  # type: ignore[n
 def test_demo_page_thresholds_requery(page) -> None:  # type: ignore[no-untyped-def]
     page.set_input_files("#file-input", str(SAMPLES / "synth-2.png"))
     _wait_done(page, rows=2)
-    page.fill("#score-threshold", "0.2")  # the 0.30 detection appears
+    page.fill("#score-threshold", "0.2")  # the 0.35 detection appears
     response = _wait_done(page, rows=3)
-    assert [d["name"] for d in response["detections"]] == CLASSES
+    assert [d["name"] for d in response["detections"]] == NAMES
 
     def mask_pixels(resp: dict) -> int:
         return int(
