@@ -125,6 +125,12 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _all_numbers(values: list) -> bool:
+    """All finite ints/floats (not bools). Fast path: COCO train holds ~10^7 polygon numbers."""
+    # type() rather than isinstance() excludes bool; a NaN or inf anywhere makes the sum so.
+    return all(type(v) is float or type(v) is int for v in values) and math.isfinite(sum(values))
+
+
 def _check_segmentation(seg: Any, height: int, width: int, where: str) -> Any:
     """Validate a COCO segmentation; return it, or None when it holds no mask (``[]``)."""
     if isinstance(seg, list):
@@ -135,7 +141,7 @@ def _check_segmentation(seg: Any, height: int, width: int, where: str) -> Any:
                 not isinstance(poly, list)
                 or len(poly) < 6
                 or len(poly) % 2
-                or not all(_is_number(v) for v in poly)
+                or not _all_numbers(poly)
             ):
                 raise DatasetError(
                     f"{where}: polygon segmentation must be lists of at least 3 (x, y) number "
@@ -379,7 +385,7 @@ class CocoDataset(Dataset):
         if cat not in self._label_of_category:
             raise DatasetError(f"{where}: unknown category_id {cat!r}")
         bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not _all_numbers(bbox):
             raise DatasetError(
                 f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r:.80}"
             )
