@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
@@ -197,3 +198,29 @@ def test_demo_page_drop_and_error(page) -> None:  # type: ignore[no-untyped-def]
     page.wait_for_selector('#status[data-state="error"]')
     status = page.inner_text("#status")
     assert "400" in status and "undecodable_image" in status, status
+
+
+def test_js_rle_decoder_matches_pycocotools(page) -> None:  # type: ignore[no-untyped-def]
+    """The page's port of rleFrString against pycocotools, with the window it draws in."""
+    rng = np.random.default_rng(0)
+    block = np.zeros((90, 700), dtype=np.uint8)
+    block[3:88, 100:690] = 1  # long runs: multi-chunk counts and negative deltas
+    cases = [
+        (rng.random((37, 23)) < 0.4).astype(np.uint8),
+        (rng.random((64, 48)) < 0.97).astype(np.uint8),
+        block,
+        np.zeros((5, 7), dtype=np.uint8),
+        np.ones((9, 4), dtype=np.uint8),
+    ]
+    for mask in cases:
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        js = page.evaluate(
+            """(rle) => { const m = window.maskxDemo.rleDecode(rle);
+                return {data: Array.from(m), box: [m.x0, m.x1, m.y0, m.y1]}; }""",
+            {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        )
+        decoded = np.array(js["data"], dtype=np.uint8).reshape(mask.shape)
+        np.testing.assert_array_equal(decoded, mask_utils.decode(rle))
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            assert js["box"] == [xs.min(), xs.max(), ys.min(), ys.max()]

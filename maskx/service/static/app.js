@@ -81,23 +81,33 @@
   }
 
   // Decode {size: [h, w], counts} into a row-major Uint8Array(h * w) of 0/1. Runs alternate
-  // 0 and 1 starting with 0 and go down the columns (column-major), as in COCO.
+  // 0 and 1 starting with 0 and go down the columns (column-major), as in COCO. The mask's
+  // bounding rows/columns are kept on the array (x0, x1, y0, y1; inclusive) so that drawing
+  // touches only that window, not the whole image, per detection.
   function rleDecode(rle) {
     const [h, w] = rle.size;
     const counts = typeof rle.counts === "string" ? rleCounts(rle.counts) : rle.counts;
     const mask = new Uint8Array(h * w);
+    let x0 = w, x1 = -1, y0 = h, y1 = -1;
     let pos = 0;
     for (let i = 0; i < counts.length; i++) {
       const n = counts[i];
-      if (i % 2 === 1) {
-        for (let j = pos; j < pos + n; j++) {
-          const col = Math.floor(j / h);
-          mask[(j - col * h) * w + col] = 1;
+      if (i % 2 === 1 && n > 0) {
+        let col = Math.floor(pos / h), row = pos - col * h;
+        x0 = Math.min(x0, col);
+        x1 = Math.max(x1, Math.floor((pos + n - 1) / h));
+        if (n >= h) { y0 = 0; y1 = h - 1; }
+        for (let j = 0; j < n; j++) {
+          mask[row * w + col] = 1;
+          if (row < y0) y0 = row;
+          if (row > y1) y1 = row;
+          if (++row === h) { row = 0; col++; }
         }
       }
       pos += n;
     }
     if (pos !== h * w) throw new Error(`RLE runs sum to ${pos}, expected ${h}*${w}`);
+    Object.assign(mask, { x0, x1, y0, y1 });
     return mask;
   }
 
@@ -127,15 +137,17 @@
         }
         const mask = rleDecode(det.mask);
         const rgb = classColor(det.label, det.mask_source);
-        for (let i = 0; i < mask.length; i++) {
-          if (!mask[i]) continue;
-          const y = Math.floor(i / width), x = i - y * width;
-          const edge =
-            x === 0 || y === 0 || x === width - 1 || y === height - 1 ||
-            !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
-          const o = i * 4;
-          for (let c = 0; c < 3; c++) {
-            px[o + c] = edge ? rgb[c] : px[o + c] * (1 - MASK_ALPHA) + rgb[c] * MASK_ALPHA;
+        for (let y = mask.y0; y <= mask.y1; y++) {
+          for (let x = mask.x0; x <= mask.x1; x++) {
+            const i = y * width + x;
+            if (!mask[i]) continue;
+            const edge =
+              x === 0 || y === 0 || x === width - 1 || y === height - 1 ||
+              !mask[i - 1] || !mask[i + 1] || !mask[i - width] || !mask[i + width];
+            const o = i * 4;
+            for (let c = 0; c < 3; c++) {
+              px[o + c] = edge ? rgb[c] : px[o + c] * (1 - MASK_ALPHA) + rgb[c] * MASK_ALPHA;
+            }
           }
         }
       }
