@@ -45,4 +45,3 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("MASKX_"):
             monkeypatch.delenv(key)
     yield
-

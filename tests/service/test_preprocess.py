@@ -35,7 +35,11 @@ def png_header_only(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("h", "w", "expected"),
-    [((480, 640), None, (320, 426)), ((1080, 1920), None, (288, 512)), ((100, 100), None, (320, 320))],
+    [
+        ((480, 640), None, (320, 426)),
+        ((1080, 1920), None, (288, 512)),
+        ((100, 100), None, (320, 320)),
+    ],
 )
 def test_model_input_size_follows_torchvision(h, w, expected) -> None:
     height, width = h
@@ -81,7 +85,7 @@ def test_animated_gif_gives_first_frame() -> None:
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     img = decode_image(buf.getvalue(), **LIMITS)
-    r, g, b = img.pixels[:, 100, 100].astype(int)
+    r, _g, b = img.pixels[:, 100, 100].astype(int)
     assert r > 200 and b < 50
 
 

@@ -65,7 +65,7 @@ def test_split_routes_by_batch_index() -> None:
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.onnx"):
         OnnxRuntimeEngine(tmp_path / "nope.onnx")
 
 
@@ -83,7 +83,7 @@ def test_model_without_maskx_metadata_is_refused(tmp_path: Path) -> None:
 def test_garbage_file_is_refused_with_its_path(tmp_path: Path) -> None:
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="garbage.onnx"):
+    with pytest.raises(ValueError, match=r"garbage\.onnx"):
         OnnxRuntimeEngine(path, ["cpu"])
 
 

@@ -1,0 +1,146 @@
+"""Real uvicorn on loopback: masks against the reference paste, backpressure, deadlines, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from maskx.service.app import create_app
+from maskx.service.pipeline import Pipeline
+from maskx.service.runtime import load_runtime
+from maskx.service.settings import Settings
+from maskx.service.testing import FakeRuntime, LiveServer, make_image
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+def test_masks_over_http_match_the_reference_paste(model_path: Path, settings: Settings) -> None:
+    torch = pytest.importorskip("torch")
+    roi_heads = pytest.importorskip("torchvision.models.detection.roi_heads")
+    reference = Pipeline(load_runtime(model_path, ["cpu"]))
+    images = [make_image(640, 480, seed=1), make_image(1000, 750, seed=2), make_image(333, 517)]
+    app = create_app(settings.model_copy(update={"max_batch_delay_ms": 50.0}))
+    with LiveServer(app) as live:
+        live.wait_ready()
+
+        async def send_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post("/segment?score_threshold=0", content=data, headers=JPEG)
+                        for data in images * 2
+                    )
+                )
+
+        responses = asyncio.run(send_all())
+        metrics = httpx.get(live.url + "/metrics").text
+    # concurrent requests were batched into shared runtime calls
+    batch_sum = float(metrics.split("maskx_batch_size_sum ")[1].split()[0])
+    batch_count = float(metrics.split("maskx_batch_size_count ")[1].split()[0])
+    assert batch_sum == 6 and batch_count < 6
+
+    checked = 0
+    for data, response in zip(images * 2, responses, strict=True):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        prepared = reference.prepare(data)
+        (raw,) = reference.infer([prepared])
+        order = np.argsort(-raw.scores, kind="stable")
+        assert len(body["detections"]) == len(order) > 0
+        h, w = body["image"]["height"], body["image"]["width"]
+        boxes = np.array([d["box"] for d in body["detections"]], dtype=np.float32)
+        ref = roi_heads.paste_masks_in_image(
+            torch.from_numpy(raw.mask_probs[order])[:, None], torch.from_numpy(boxes), (h, w)
+        )[:, 0].numpy()
+        for det, ref_mask in zip(body["detections"], ref, strict=True):
+            rle = det["mask"]
+            assert rle["size"] == [h, w]
+            decoded = mask_utils.decode(rle)
+            assert decoded.shape == (h, w)
+            expected = ref_mask >= 0.5
+            inter = np.logical_and(decoded, expected).sum()
+            union = np.logical_or(decoded, expected).sum()
+            assert union > 0 and inter / union >= 0.99
+            again = mask_utils.encode(np.asfortranarray(decoded))
+            assert again["counts"].decode() == rle["counts"]
+            checked += 1
+    assert checked >= 6
+
+
+def test_flood_gets_only_200_or_429_and_the_server_stays_healthy(settings: Settings) -> None:
+    rt = FakeRuntime(delay_s=0.1)
+    cfg = settings.model_copy(update={"max_batch_size": 1, "queue_size": 2})
+    data = make_image(64, 48)
+    with LiveServer(create_app(cfg, runtime=rt)) as live:
+        live.wait_ready()
+
+        async def flood() -> list[httpx.Response]:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(base_url=live.url, timeout=30, limits=limits) as client:
+                return await asyncio.gather(
+                    *(client.post("/segment", content=data, headers=JPEG) for _ in range(40))
+                )
+
+        responses = asyncio.run(flood())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses.count(200) >= 1 and statuses.count(429) >= 1
+        for r in responses:
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "queue_full"
+                assert int(r.headers["retry-after"]) >= 1
+        assert httpx.get(live.url + "/healthz").status_code == 200
+        assert httpx.post(live.url + "/segment", content=data, headers=JPEG).status_code == 200
+        text = httpx.get(live.url + "/metrics").text
+        assert 'maskx_requests_total{route="/segment",status="429"}' in text
+
+
+def test_deadline_gives_504_and_the_server_stays_healthy(settings: Settings) -> None:
+    rt = FakeRuntime(delay_s=0.6)
+    cfg = settings.model_copy(update={"request_timeout_s": 0.2})
+    with LiveServer(create_app(cfg, runtime=rt)) as live:
+        live.wait_ready()
+        r = httpx.post(live.url + "/segment", content=make_image(64, 48), headers=JPEG)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        assert httpx.get(live.url + "/healthz").status_code == 200
+        rt.delay_s = 0.0
+        time.sleep(0.7)  # let the abandoned batch finish
+        r = httpx.post(live.url + "/segment", content=make_image(64, 48), headers=JPEG)
+        assert r.status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(settings: Settings) -> None:
+    rt = FakeRuntime(delay_s=0.8)
+    app = create_app(settings.model_copy(update={"max_batch_size": 1}), runtime=rt)
+    data = make_image(64, 48)
+    results: dict[str, httpx.Response] = {}
+    with LiveServer(app) as live:
+        live.wait_ready()
+
+        def slow_request() -> None:
+            results["first"] = httpx.post(live.url + "/segment", content=data, headers=JPEG)
+
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        until = time.monotonic() + 5
+        while app.state.engine.in_flight == 0:
+            assert time.monotonic() < until
+            time.sleep(0.01)
+        live.server.handle_exit(signal.SIGTERM, None)
+        refused = httpx.post(live.url + "/segment", content=data, headers=JPEG)
+        not_ready = httpx.get(live.url + "/readyz")
+        worker.join(10)
+        live._thread.join(10)
+        assert not live._thread.is_alive(), "server did not stop after draining"
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+    assert refused.headers["retry-after"]
+    assert not_ready.status_code == 503
+    assert results["first"].status_code == 200
