@@ -13,6 +13,7 @@ from maskx.service.overlay import (
     family_color,
     render_overlay,
     rle_decode,
+    rle_decode_window,
 )
 
 
@@ -43,6 +44,27 @@ def test_rle_decode_long_runs_and_empty_mask() -> None:
     for m in (mask, np.zeros_like(mask), np.ones_like(mask)):
         rle = _encode(m)
         np.testing.assert_array_equal(rle_decode(rle["counts"], rle["size"]), m)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rle_decode_window_is_the_masks_bounding_window(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    height, width = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+    mask = np.zeros((height, width), dtype=np.uint8)
+    y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+    y1, x1 = int(rng.integers(y0, height)) + 1, int(rng.integers(x0, width)) + 1
+    mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.6
+    rle = _encode(mask)
+    wx, wy, region = rle_decode_window(rle["counts"], rle["size"])
+    full = np.zeros((height, width), dtype=bool)
+    full[wy : wy + region.shape[0], wx : wx + region.shape[1]] = region
+    np.testing.assert_array_equal(full, mask_utils.decode(rle).astype(bool))
+    if mask.any():
+        ys, xs = np.nonzero(mask)
+        assert (wx, wy) == (xs.min(), ys.min())
+        assert region.shape == (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    else:
+        assert region.size == 0
 
 
 def test_rle_decode_rejects_wrong_size() -> None:
