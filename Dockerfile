@@ -58,7 +58,7 @@ WORKDIR /src
 COPY pyproject.toml deploy/extras_requirements.py deploy/constraints-cuda12.txt deploy/constraints-cuda13.txt ./
 RUN python extras_requirements.py gpu > requirements.txt \
     && pip install --no-cache-dir -c "${GPU_CONSTRAINTS}" -r requirements.txt
-COPY README.md ./
+# Only the package: the wheel builds without README.md (no long description in an image).
 COPY maskx ./maskx
 # The project itself; its dependencies are already satisfied by the layer above.
 RUN pip install --no-cache-dir -c "${GPU_CONSTRAINTS}" ".[gpu]"
@@ -68,7 +68,6 @@ WORKDIR /src
 COPY pyproject.toml deploy/extras_requirements.py ./
 RUN python extras_requirements.py serve > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt
-COPY README.md ./
 COPY maskx ./maskx
 # The project itself, pinned by being this very source; its dependencies are in the layer above.
 # hadolint ignore=DL3013
@@ -83,7 +82,6 @@ WORKDIR /src
 COPY pyproject.toml deploy/extras_requirements.py ./
 RUN python extras_requirements.py train > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt
-COPY README.md ./
 COPY maskx ./maskx
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[train]" \
