@@ -92,8 +92,8 @@ def _bilinear_matrix(out_len: int, in_len: int, start: int, stop: int) -> np.nda
     lam1 = src - i0
     weights = np.zeros((stop - start, in_len), dtype=np.float32)
     rows = np.arange(stop - start)
-    np.add.at(weights, (rows, i0), 1 - lam1)
-    np.add.at(weights, (rows, i1), lam1)
+    weights[rows, i0] = 1 - lam1
+    weights[rows, i1] += lam1  # i1 == i0 at the last input index: the weights sum to 1
     return weights
 
 

@@ -1,0 +1,55 @@
+"""Smoke tests of ``maskx bench service`` and ``maskx bench postprocess`` with tiny settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from maskx.bench import postprocess as bench_postprocess
+from maskx.bench import service as bench_service
+
+
+def parse(module: object, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser.parse_args(argv)
+
+
+def test_postprocess_bench_prints_and_writes_json(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torchvision")
+    out = tmp_path / "pp.json"
+    args = parse(bench_postprocess, ["--detections", "4", "--width", "160", "--height", "120",
+                                     "--repeats", "1", "--json", str(out)])  # fmt: skip
+    assert bench_postprocess.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["identical_rle"] == 4 and result["ours_ms"] > 0 and result["speedup"] > 0
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_service_bench_prints_and_writes_json(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "svc.json"
+    args = parse(bench_service, ["--conv-layers", "1", "--width", "160", "--height", "120",
+                                 "--concurrency", "1,2", "--requests", "4", "--bare-runs", "3",
+                                 "--json", str(out)])  # fmt: skip
+    assert bench_service.main(args) == 0
+    result = json.loads(out.read_text())
+    assert [row["concurrency"] for row in result["http"]] == [1, 2]
+    assert all(row["non_200"] == 0 and row["p50_ms"] > 0 for row in result["http"])
+    assert result["http_p50_over_ort_p50_at_c1"] > 0
+    assert "HTTP p50 / bare ONNX Runtime p50" in capsys.readouterr().out
+
+
+def test_bench_modules_import_nothing_heavy_at_module_level() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, maskx.bench.service, maskx.bench.postprocess;"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'fastapi') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
