@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def tiny_train_overrides(data_root: Path, **extra: object) -> list[str]:
+    """--set overrides that make the tiny synthetic config run in seconds on the CPU."""
+    sets = {
+        "data.root": str(data_root),
+        "data.workers": 0,
+        "model.tiny_widths": "[16, 32, 48, 64]",
+        "model.fpn_channels": 32,
+        "model.min_size": 96,
+        "model.max_size": 96,
+        "model.box_head_dim": 64,
+        "model.mask_head_dim": 32,
+        "model.transfer_hidden": 32,
+        "model.rpn_batch_size_per_image": 64,
+        "model.box_batch_size_per_image": 64,
+        "solver.batch_size": 2,
+        "solver.warmup_iters": 2,
+        "solver.steps": "[]",
+        "train.progress": "false",
+        "train.tensorboard": "false",
+        "train.log_period": 1,
+    }
+    sets.update({k: v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset (12 classes, 16 train / 8 val images of 96 px)."""
+    from maskx.training.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(
+        num_classes=12,
+        train_images=16,
+        val_images=8,
+        image_size=96,
+        min_objects=2,
+        max_objects=4,
+        seed=0,
+    )
+    generate_dataset(root, cfg, progress=False)
+    return root
