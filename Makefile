@@ -1,0 +1,66 @@
+# maskx developer commands. `make test` and `make demo` work on a fresh machine that has
+# nothing but Python 3.11+ (and, for the system tools the tests drive, Debian's apt).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_DIR := artifacts/demo
+DEMO_MODEL := $(DEMO_DIR)/model.onnx
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup system-deps test test-all lint format demo demo-model bench clean
+
+## setup: create .venv/ with the train, serve and dev extras (editable install)
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	touch $(STAMP)
+
+## system-deps: Debian tools the tests drive (Prometheus, promtool, docker-compose, shellcheck, chromium)
+system-deps:
+	@missing=""; \
+	for t in prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
+	         shellcheck:shellcheck chromium:chromium; do \
+	  cmd=$${t%%:*}; pkg=$${t##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+## test: set up, then lint and run the default test suite (no slow/gpu/bench tests)
+test: setup system-deps lint
+	$(BIN)/pytest
+
+## test-all: also the slow tests
+test-all: setup system-deps
+	$(BIN)/pytest -m "not gpu and not bench"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## demo-model: synthetic data → tiny training → ONNX export, at artifacts/demo/model.onnx
+demo-model: $(DEMO_MODEL)
+
+$(DEMO_MODEL): | $(STAMP)
+	$(BIN)/maskx synth --out $(DEMO_DIR)/synth --classes 100 --images 1200 --val-images 200 --seed 0 --overwrite
+	$(BIN)/maskx train --config configs/tiny_synth.yaml --out $(DEMO_DIR)/run --set data.root=$(DEMO_DIR)/synth
+	$(BIN)/maskx export --checkpoint $(DEMO_DIR)/run/checkpoints/model_final.pt --output $(DEMO_MODEL)
+
+## demo: build the demo model if needed, then serve it at http://$(HOST):$(PORT)
+demo: $(DEMO_MODEL)
+	$(BIN)/maskx serve --model $(DEMO_MODEL) --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) artifacts runs .pytest_cache .ruff_cache
