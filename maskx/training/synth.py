@@ -102,6 +102,7 @@ class SynthConfig:
     min_area: int = 30
     near_probability: float = 0.5
     in_hole_probability: float = 0.35
+    same_appearance_probability: float = 0.4
     strokes: tuple[int, int] = (3, 10)
     blobs: tuple[int, int] = (0, 3)
 
@@ -374,6 +375,7 @@ class _Placed:
     half: tuple[float, float]
     angle: float
     hole: tuple[float, ...] | None
+    light: float
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -424,24 +426,16 @@ def _polygon_mask(
     return full[pad : pad + size, pad : pad + size], int(full.sum())
 
 
-def _paint(
-    image: np.ndarray,
-    mask: np.ndarray,
-    colour: np.ndarray,
-    texture: str,
-    centre: Sequence[float],
-    angle: float,
-) -> None:
+def _paint(image: np.ndarray, mask: np.ndarray, colour: np.ndarray, texture: str) -> None:
     """Paint ``mask`` pixels of ``image`` (float32 [H, W, 3]) in a colour and texture.
 
-    The texture is anchored at the object's centre and turns with it, like a printed pattern.
+    Textures are anchored to the image, not to the object, so two touching objects of the
+    same appearance show no seam: their border is known only from their shapes.
     """
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
         return
-    dx, dy = xs - centre[0], ys - centre[1]
-    c, s = math.cos(angle), math.sin(angle)
-    pattern = _pattern(texture, c * dx + s * dy, -s * dx + c * dy)
+    pattern = _pattern(texture, xs.astype(np.float32), ys.astype(np.float32))
     if pattern is None:
         image[ys, xs] = colour
     else:
@@ -510,7 +504,7 @@ def _distractors(image: np.ndarray, rng: np.random.Generator, config: SynthConfi
         centre = rng.uniform(0.0, size, 2)
         mask, _ = _polygon_mask([(pts, 1)], size, centre, (radius, radius), 0.0)
         colour = np.array(COLOURS[names[rng.integers(len(names))]], dtype=np.float32)
-        _paint(image, mask, colour, TEXTURES[rng.integers(len(TEXTURES))], centre, 0.0)
+        _paint(image, mask, colour, TEXTURES[rng.integers(len(TEXTURES))])
     return image
 
 
@@ -518,36 +512,42 @@ def _propose(
     rng: np.random.Generator,
     config: SynthConfig,
     placed: list[_Placed],
-    shape_hole: tuple[float, ...] | None,
-) -> tuple[tuple[float, float], tuple[float, float], float]:
-    """Centre, half-extents and angle of a new object: free, next to, or inside another one."""
+) -> tuple[tuple[float, float], tuple[float, float], float, int | None]:
+    """Centre, half-extents, angle and host of a new object.
+
+    The object is free (host None), inside the hole of a placed object, or overlapping one
+    (host = that object's index in ``placed``).
+    """
     size = config.image_size
     lo, hi = config.object_size
     long_side = math.exp(rng.uniform(math.log(lo), math.log(hi))) * size
     aspect = math.exp(rng.uniform(-0.35, 0.35))
     half = (long_side / 2.0 * min(1.0, aspect), long_side / 2.0 * min(1.0, 1.0 / aspect))
     angle = math.radians(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
-    holders = [p for p in placed if p.hole is not None]
+    holders = [k for k, p in enumerate(placed) if p.hole is not None]
     if holders and rng.random() < config.in_hole_probability:
-        host = holders[rng.integers(len(holders))]
+        host_index = holders[rng.integers(len(holders))]
+        host = placed[host_index]
         hx, hy, hw, hh = host.hole  # type: ignore[misc]
         c, s = math.cos(host.angle), math.sin(host.angle)
         ox, oy = hx * host.half[0], hy * host.half[1]
         centre = (host.centre[0] + c * ox - s * oy, host.centre[1] + s * ox + c * oy)
         room = min(hw * host.half[0], hh * host.half[1]) * rng.uniform(0.6, 0.9)
         if room >= 6.0:
-            return centre, (room * min(1.0, aspect), room * min(1.0, 1.0 / aspect)), angle
+            small = (room * min(1.0, aspect), room * min(1.0, 1.0 / aspect))
+            return centre, small, angle, host_index
     if placed and rng.random() < config.near_probability:
         # Overlap a neighbour so that boxes contain pieces of other objects.
-        host = placed[rng.integers(len(placed))]
+        host_index = int(rng.integers(len(placed)))
+        host = placed[host_index]
         centre = (
             host.centre[0] + rng.uniform(-1.2, 1.2) * host.half[0],
             host.centre[1] + rng.uniform(-1.2, 1.2) * host.half[1],
         )
-    else:
-        margin = 0.6 * long_side / 2.0
-        centre = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
-    return centre, half, angle
+        return centre, half, angle, host_index
+    margin = 0.6 * long_side / 2.0
+    centre = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
+    return centre, half, angle, None
 
 
 def render_image(
@@ -569,13 +569,29 @@ def render_image(
     image = _distractors(_background(rng, size), rng, config)
     owner = np.zeros((size, size), dtype=np.int16)  # 0 = no instance, i + 1 = instance i
     placed: list[_Placed] = []
+    lookalikes: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(classes):
+        lookalikes.setdefault((c.colour, c.texture), []).append(i)
     n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
     for _ in range(n_objects):
         for _attempt in range(8):
-            class_index = int(rng.integers(len(classes)))
+            centre, half, angle, host = _propose(rng, config, placed)
+            if host is not None and rng.random() < config.same_appearance_probability:
+                # A neighbour in the host's exact colour, texture and lighting: the two merge
+                # into one region, and only the shape of each class says where one ends.
+                same = lookalikes[
+                    (
+                        classes[placed[host].class_index].colour,
+                        classes[placed[host].class_index].texture,
+                    )
+                ]
+                class_index = same[rng.integers(len(same))]
+                light = placed[host].light
+            else:
+                class_index = int(rng.integers(len(classes)))
+                light = float(rng.uniform(0.92, 1.06))  # lighting, small enough to keep hue
             cls = classes[class_index]
             polys, hole = shapes[cls.shape]
-            centre, half, angle = _propose(rng, config, placed, hole)
             mask, area = _polygon_mask(polys, size, centre, half, angle)
             inside = int(mask.sum())
             if inside < max(config.min_area, config.min_visible_fraction * area):
@@ -588,11 +604,10 @@ def render_image(
                 for vis, p in zip(visible, placed, strict=True)
             ):
                 continue
-            colour = np.array(COLOURS[cls.colour], dtype=np.float32)
-            colour = colour * rng.uniform(0.88, 1.08)  # lighting, small enough to keep the hue
-            _paint(image, mask, np.clip(colour, 0, 255), cls.texture, centre, angle)
+            colour = np.array(COLOURS[cls.colour], dtype=np.float32) * light
+            _paint(image, mask, np.clip(colour, 0, 255), cls.texture)
             owner[mask] = len(placed) + 1
-            placed.append(_Placed(class_index, area, centre, half, angle, hole))
+            placed.append(_Placed(class_index, area, centre, half, angle, hole, light))
             break
     instances = [(p.class_index, owner == i + 1) for i, p in enumerate(placed)]
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), instances
