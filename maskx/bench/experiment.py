@@ -1,0 +1,474 @@
+"""``maskx bench experiment``: the partially supervised experiment in miniature.
+
+Paper Table 1c/2 on the synthetic set: train six mask predictors with an identical budget
+(steps, batch, LR schedule, data order per seed) and compare mask AP on the classes B that had
+no mask supervision.
+
+=======================  =====================================================================
+variant                  what changes from ``configs/experiment_synth.yaml``
+=======================  =====================================================================
+``agnostic``             class-agnostic mask predictor, no MLP (Mask R-CNN's baseline)
+``agnostic_mlp``         class-agnostic + fused class-agnostic MLP
+``transfer``             Mask^X: w_seg = τ(stopgrad(w_det)), cls+box, 2-layer LeakyReLU
+``transfer_mlp``         the paper's best model: transfer + MLP
+``transfer_mlp_nostop``  transfer + MLP, gradients of the mask loss reach w_det
+``oracle``               class-specific mask predictor + MLP with masks for all classes
+=======================  =====================================================================
+
+Layout of ``--out``::
+
+    data/                     the generated synthetic set (unless --data-root is given)
+    <variant>/seed<k>/        one ``maskx train`` run folder each (config.yaml, metrics.json…)
+    results.json              per run and mean ± std per variant
+    experiment_mask_ap.png    bar chart of mask AP on B (and A) per variant
+
+A run whose ``metrics.json`` exists is skipped, so an interrupted experiment continues where it
+stopped (and a half-finished run resumes from its own last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "configs/experiment_synth.yaml"
+
+# Name → (table label, config overrides). Order: the two ends of the gap first, so a partial
+# experiment already says whether the dataset separates them.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "agnostic": (
+        "class-agnostic",
+        ("model.mask_predictor=class_agnostic", "model.mlp=false"),
+    ),
+    "oracle": (
+        "oracle (all masks)",
+        ("model.mask_predictor=class_specific", "model.mlp=true", "data.mask_classes=all"),
+    ),
+    "transfer_mlp": (
+        "transfer + MLP",
+        ("model.mask_predictor=transfer", "model.mlp=true", "model.stop_gradient=true"),
+    ),
+    "transfer": (
+        "transfer",
+        ("model.mask_predictor=transfer", "model.mlp=false", "model.stop_gradient=true"),
+    ),
+    "agnostic_mlp": (
+        "class-agnostic + MLP",
+        ("model.mask_predictor=class_agnostic", "model.mlp=true"),
+    ),
+    "transfer_mlp_nostop": (
+        "transfer + MLP, no stop-grad",
+        ("model.mask_predictor=transfer", "model.mlp=true", "model.stop_gradient=false"),
+    ),
+}
+# Display order (table, chart): baselines, Mask^X variants, oracle.
+DISPLAY_ORDER = (
+    "agnostic", "agnostic_mlp", "transfer", "transfer_mlp", "transfer_mlp_nostop", "oracle",
+)  # fmt: skip
+
+# (key in results, iou type, subset, statistic) read from each run's metrics.json.
+METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("mask_AP_B", "segm", "B", "AP"),
+    ("mask_AP50_B", "segm", "B", "AP50"),
+    ("mask_AP_A", "segm", "A", "AP"),
+    ("mask_AP50_A", "segm", "A", "AP50"),
+    ("mask_AP_all", "segm", "all", "AP"),
+    ("box_AP_B", "bbox", "B", "AP"),
+    ("box_AP_all", "bbox", "all", "AP"),
+)
+
+# Dataset of the full experiment (the synth defaults otherwise): ≥ 100 classes from 12 families.
+FULL_DATA = {"classes": 100, "images": 1200, "val_images": 400, "image_size": 160}
+QUICK = {"steps": 40, "classes": 100, "images": 160, "val_images": 60, "seeds": [0]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("artifacts/experiment/full"),
+                        help="experiment folder (run folders, results.json, chart)")  # fmt: skip
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="base training config (YAML)")
+    parser.add_argument("--data-root", type=Path,
+                        help="use this synthetic set instead of generating OUT/data")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="variants to run (default: all six)")  # fmt: skip
+    parser.add_argument("--steps", type=int,
+                        help="solver.max_iter of every run (LR steps scale with it)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, help="solver.batch_size of every run")
+    parser.add_argument("--classes", type=int, help="classes of the generated set")
+    parser.add_argument("--images", type=int, help="training images of the generated set")
+    parser.add_argument("--val-images", type=int, help="validation images of the generated set")
+    parser.add_argument("--image-size", type=int, help="image side of the generated set (px)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE",
+                        help="extra override for every run (e.g. model.box_score_thresh=0.01)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs in parallel, each a `maskx train` process with "
+                             "--threads torch threads; 1 runs them one by one in this process")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per parallel run")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run in minutes: {QUICK['steps']} steps, 1 seed, a small set")  # fmt: skip
+    parser.add_argument("--no-train", dest="train", action="store_false",
+                        help="only gather results of the runs already finished")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="results file (default OUT/results.json)")
+    parser.add_argument("--chart", type=Path,
+                        help="bar chart PNG (default OUT/experiment_mask_ap.png)")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ plan
+@dataclass(frozen=True)
+class Run:
+    variant: str
+    seed: int
+    folder: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "metrics.json").is_file()
+
+
+def budget_overrides(steps: int | None, batch_size: int | None) -> list[str]:
+    """Overrides that set the training budget; LR steps and warm-up scale with ``steps``
+    (at 73 % and 93 %, warm-up 7 %, as 550/700 of the 750-step config)."""
+    out: list[str] = []
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        milestones = sorted({max(1, round(steps * 0.73)), max(1, round(steps * 0.93))})
+        out += [
+            f"solver.max_iter={steps}",
+            f"solver.steps=[{', '.join(str(m) for m in milestones)}]",
+            f"solver.warmup_iters={max(1, round(steps * 0.07))}",
+            f"train.checkpoint_period={max(1, steps // 3)}",
+            f"train.log_period={max(1, min(25, steps // 4))}",
+        ]
+    if batch_size is not None:
+        out.append(f"solver.batch_size={batch_size}")
+    return out
+
+
+def plan_runs(
+    out: Path,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    common: Sequence[str],
+) -> list[Run]:
+    """All (variant, seed) runs, seed-major so that a partial experiment has every variant once.
+
+    ``common`` overrides come first; a variant's own overrides win over them.
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; allowed: {list(VARIANTS)}")
+    order = [v for v in VARIANTS if v in variants]
+    return [
+        Run(v, s, out / v / f"seed{s}", (*common, f"train.seed={s}", *VARIANTS[v][1]))
+        for s in seeds
+        for v in order
+    ]
+
+
+# ------------------------------------------------------------------------------------ data
+def ensure_dataset(root: Path, params: dict[str, int]) -> Path:
+    """Generate the synthetic set in ``root`` unless it is there with the same parameters."""
+    from maskx.training.synth import SynthConfig, generate_dataset
+
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        have = meta.get("config", {})
+        wanted = {
+            "num_classes": params["classes"],
+            "train_images": params["images"],
+            "val_images": params["val_images"],
+            "image_size": params["image_size"],
+        }
+        diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{meta_path}: the dataset there was made with other parameters "
+                f"(have, wanted): {diff}; choose another --out or pass --data-root"
+            )
+        return root
+    cfg = SynthConfig(
+        num_classes=params["classes"],
+        train_images=params["images"],
+        val_images=params["val_images"],
+        image_size=params["image_size"],
+    )
+    print(f"generating the synthetic set in {root} ...", flush=True)
+    generate_dataset(root, cfg, progress=False)
+    return root
+
+
+# ------------------------------------------------------------------------------------- run
+def _train_command(config: str, run: Run) -> list[str]:
+    cmd = [sys.executable, "-m", "maskx.cli", "train", "--config", config, "--out", str(run.folder)]
+    for o in run.overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def run_in_process(config: str, run: Run) -> None:
+    """Train one run in this process (``--jobs 1``: no interpreter start-up per run)."""
+    from maskx.training.config import load_config
+    from maskx.training.engine import train
+
+    run.folder.mkdir(parents=True, exist_ok=True)
+    train(load_config(config, list(run.overrides)), run.folder)
+
+
+def execute(runs: Sequence[Run], config: str, jobs: int, threads: int) -> list[Run]:
+    """Train the runs that are not done; ``jobs`` at a time as subprocesses (logs in
+    ``RUN/train.log``), or one by one in this process when ``jobs`` is 1. Returns the runs that
+    failed."""
+    todo = [r for r in runs if not r.done]
+    for r in runs:
+        if r.done:
+            print(f"  {r.variant}/seed{r.seed}: done, skipped", flush=True)
+    failed: list[Run] = []
+    if jobs <= 1:
+        for r in todo:
+            t0 = time.perf_counter()
+            print(f"  {r.variant}/seed{r.seed}: training ...", flush=True)
+            run_in_process(config, r)
+            print(f"  {r.variant}/seed{r.seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        return failed
+    env = dict(os.environ)
+    # Parallel runs on few cores go faster with one BLAS/OpenMP thread each than when they
+    # fight over the same cores with several.
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending = list(todo)
+    active: list[tuple[Run, subprocess.Popen, Any, float]] = []
+    while pending or active:
+        while pending and len(active) < jobs:
+            r = pending.pop(0)
+            r.folder.mkdir(parents=True, exist_ok=True)
+            log = open(r.folder / "train.log", "a", encoding="utf-8")  # noqa: SIM115
+            proc = subprocess.Popen(
+                _train_command(config, r), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+            print(f"  {r.variant}/seed{r.seed}: started (pid {proc.pid})", flush=True)
+            active.append((r, proc, log, time.perf_counter()))
+        time.sleep(1.0)
+        for item in list(active):
+            r, proc, log, t0 = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            active.remove(item)
+            took = time.perf_counter() - t0
+            if proc.returncode != 0 or not r.done:
+                failed.append(r)
+                print(f"  {r.variant}/seed{r.seed}: FAILED (exit {proc.returncode}); "
+                      f"see {r.folder / 'train.log'}", flush=True)  # fmt: skip
+            else:
+                print(f"  {r.variant}/seed{r.seed}: done in {took:.0f} s", flush=True)
+    return failed
+
+
+# --------------------------------------------------------------------------------- results
+def read_run(run: Run) -> dict[str, Any] | None:
+    """The numbers of one finished run (AP in percent), or None if it has not finished."""
+    path = run.folder / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    row: dict[str, Any] = {"variant": run.variant, "seed": run.seed, "folder": str(run.folder)}
+    for key, iou, subset, stat in METRICS:
+        value = metrics.get(iou, {}).get(subset, {}).get(stat)
+        row[key] = None if value is None else round(100.0 * float(value), 3)
+    row["step"] = metrics.get("step")
+    config = run.folder / "config.yaml"
+    # config.yaml is written when training starts, metrics.json after the final evaluation.
+    if config.is_file():
+        row["seconds"] = round(path.stat().st_mtime - config.stat().st_mtime, 1)
+    return row
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation over seeds, per variant and metric."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant in DISPLAY_ORDER:
+        mine = [r for r in rows if r["variant"] == variant]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"label": VARIANTS[variant][0], "seeds": [r["seed"] for r in mine]}
+        for key, *_ in METRICS:
+            values = [r[key] for r in mine if r.get(key) is not None]
+            mean, std = _mean_std(values)
+            entry[key] = {
+                "mean": None if mean is None else round(mean, 3),
+                "std": None if std is None else round(std, 3),
+            }
+        out[variant] = entry
+    return out
+
+
+def gap_share(
+    summary: dict[str, dict[str, Any]], model: str, baseline: str, key: str = "mask_AP_B"
+) -> float | None:
+    """``(model − baseline) / (oracle − baseline)`` of the mean ``key``; None when a term is
+    missing or the oracle does not beat the baseline (no gap to close)."""
+    try:
+        m, b, o = (summary[v][key]["mean"] for v in (model, baseline, "oracle"))
+    except KeyError:
+        return None
+    if m is None or b is None or o is None or o - b <= 0:
+        return None
+    return (m - b) / (o - b)
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: mean ± std over seeds of each metric (AP in percent)."""
+    cols = [("mask AP B", "mask_AP_B"), ("mask AP50 B", "mask_AP50_B"),
+            ("mask AP A", "mask_AP_A"), ("box AP B", "box_AP_B"), ("box AP all", "box_AP_all")]  # fmt: skip
+    lines = ["| variant | seeds | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]  # fmt: skip
+    for entry in summary.values():
+        cells = []
+        for _, key in cols:
+            m, s = entry[key]["mean"], entry[key]["std"]
+            cells.append("n/a" if m is None else f"{m:.2f} ± {s:.2f}")
+        lines.append(f"| {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
+    """Bar chart: mask AP on B (and on A, lighter) per variant, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    x = list(range(len(names)))
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        means = [summary[n][key]["mean"] or 0.0 for n in names]
+        stds = [summary[n][key]["std"] or 0.0 for n in names]
+        return means, stds
+
+    b_mean, b_std = series("mask_AP_B")
+    a_mean, a_std = series("mask_AP_A")
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    w = 0.38
+    ax.bar([i - w / 2 for i in x], b_mean, w, yerr=b_std, capsize=4, color="#1f77b4",
+           label="mask AP on B (no masks in training)")  # fmt: skip
+    ax.bar([i + w / 2 for i in x], a_mean, w, yerr=a_std, capsize=4, color="#aec7e8",
+           label="mask AP on A")  # fmt: skip
+    for i, m in zip(x, b_mean, strict=True):
+        ax.text(i - w / 2, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [summary[n]["label"].replace(", ", ",\n") for n in names], fontsize=8)
+    ax.set_ylabel("AP (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------ main
+def main(args: argparse.Namespace) -> int:
+    from maskx.model.config import ConfigError
+    from maskx.training.config import load_config
+
+    steps, seeds = args.steps, list(args.seeds)
+    data = dict(FULL_DATA)
+    if args.quick:
+        steps = steps or QUICK["steps"]
+        seeds = seeds if seeds != [0, 1] else list(QUICK["seeds"])
+        data.update(classes=QUICK["classes"], images=QUICK["images"],
+                    val_images=QUICK["val_images"])  # fmt: skip
+    for key in ("classes", "images", "val_images", "image_size"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    out: Path = args.out
+    root = args.data_root or ensure_dataset(out / "data", data)
+    if not (root / "dataset.json").is_file() and not (root / "annotations").is_dir():
+        print(f"maskx bench experiment: --data-root {root} holds no synthetic set "
+              "(no dataset.json / annotations/)", file=sys.stderr)  # fmt: skip
+        return 2
+    common = [f"data.root={root}", *budget_overrides(steps, args.batch_size), *args.overrides]
+    runs = plan_runs(out, args.variants, seeds, common)
+    try:  # misconfiguration fails here, before hours of training
+        base = load_config(args.config, list(runs[0].overrides))
+        for r in runs:
+            load_config(args.config, list(r.overrides))
+    except ConfigError as exc:
+        print(f"maskx bench experiment: {exc}", file=sys.stderr)
+        return 2
+    s = base.solver
+    budget = {"max_iter": s.max_iter, "batch_size": s.batch_size, "lr": s.lr,
+              "optimizer": s.optimizer, "lr_steps": list(s.steps), "warmup_iters": s.warmup_iters,
+              "images_seen": s.max_iter * s.batch_size}  # fmt: skip
+    print(f"experiment in {out}: {len(args.variants)} variants × seeds {seeds}, "
+          f"{s.max_iter} steps × {s.batch_size} images, data {root}", flush=True)  # fmt: skip
+    failed: list[Run] = []
+    if args.train:
+        failed = execute(runs, args.config, args.jobs, args.threads)
+
+    rows = [row for r in runs if (row := read_run(r)) is not None]
+    summary = summarise(rows)
+    shares = {
+        "transfer_mlp_vs_agnostic": gap_share(summary, "transfer_mlp", "agnostic"),
+        "transfer_mlp_vs_agnostic_mlp": gap_share(summary, "transfer_mlp", "agnostic_mlp"),
+        "transfer_vs_agnostic": gap_share(summary, "transfer", "agnostic"),
+    }
+    dataset_meta = None
+    if (root / "dataset.json").is_file():
+        dataset_meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    results = {
+        "config": args.config,
+        "common_overrides": common,
+        "variants": {
+            v: {"label": VARIANTS[v][0], "overrides": list(VARIANTS[v][1])} for v in args.variants
+        },
+        "budget": budget,
+        "dataset": {"root": str(root), **({"generator": dataset_meta} if dataset_meta else {})},
+        "runs": rows,
+        "summary": summary,
+        "gap_share_mask_AP_B": shares,
+        "missing_runs": [f"{r.variant}/seed{r.seed}" for r in runs if not r.done],
+    }
+    json_path = args.json or out / "results.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+    print()
+    print(format_table(summary))
+    for name, share in shares.items():
+        text = "n/a" if share is None else f"{100 * share:.0f} %"
+        print(f"gap share {name}: {text}")
+    if summary:
+        chart = args.chart or out / "experiment_mask_ap.png"
+        n_seeds = max(len(e["seeds"]) for e in summary.values())
+        title = (f"Synthetic set, {s.max_iter} steps × {s.batch_size} images, "
+                 f"mean ± std over {n_seeds} seed(s)")  # fmt: skip
+        print(f"chart: {plot_chart(summary, chart, title)}")
+    print(f"results: {json_path}")
+    if results["missing_runs"]:
+        print(f"missing runs: {results['missing_runs']}")
+    return 1 if failed else 0

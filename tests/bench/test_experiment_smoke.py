@@ -1,0 +1,136 @@
+"""``maskx bench experiment``: the plan, the arithmetic of the summary, and a real end-to-end
+run of all six variants on a tiny synthetic set (2 steps each, in process)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskx.bench import experiment
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    experiment.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_plan_is_seed_major_and_variant_overrides_win(tmp_path: Path) -> None:
+    runs = experiment.plan_runs(
+        tmp_path, ["oracle", "agnostic"], [0, 1], ["data.mask_classes=voc", "model.mlp=true"]
+    )
+    assert [(r.variant, r.seed) for r in runs] == [
+        ("agnostic", 0), ("oracle", 0), ("agnostic", 1), ("oracle", 1),
+    ]  # fmt: skip
+    assert runs[0].folder == tmp_path / "agnostic" / "seed0"
+    # The last value of a key wins in load_config: the variant's own settings come last.
+    oracle = runs[1].overrides
+    assert oracle.index("data.mask_classes=all") > oracle.index("data.mask_classes=voc")
+    assert runs[0].overrides[-1] == "model.mlp=false"
+    assert "train.seed=1" in runs[2].overrides
+    with pytest.raises(ValueError, match="unknown variant"):
+        experiment.plan_runs(tmp_path, ["agnostic", "mystery"], [0], [])
+
+
+def test_every_variant_builds_a_valid_config() -> None:
+    from maskx.training.config import load_config
+
+    seen = set()
+    for name, (_, overrides) in experiment.VARIANTS.items():
+        cfg = load_config(experiment.DEFAULT_CONFIG, list(overrides))
+        m = cfg.model
+        seen.add((m.mask_predictor, m.mlp, m.stop_gradient, cfg.data.mask_classes))
+        # Identical budget: the variants may only touch the mask predictor and the mask set.
+        assert {o.split("=")[0] for o in overrides} <= {
+            "model.mask_predictor", "model.mlp", "model.stop_gradient", "data.mask_classes",
+        }, name  # fmt: skip
+    assert len(seen) == len(experiment.VARIANTS)
+
+
+def test_budget_overrides_scale_the_schedule() -> None:
+    over = experiment.budget_overrides(100, 4)
+    assert "solver.max_iter=100" in over and "solver.steps=[73, 93]" in over
+    assert "solver.batch_size=4" in over and "solver.warmup_iters=7" in over
+    assert experiment.budget_overrides(None, None) == []
+    with pytest.raises(ValueError, match="--steps"):
+        experiment.budget_overrides(0, None)
+
+
+def _row(variant: str, seed: int, b: float, a: float = 50.0) -> dict:
+    row = {"variant": variant, "seed": seed}
+    for key, *_ in experiment.METRICS:
+        row[key] = a
+    row["mask_AP_B"] = b
+    return row
+
+
+def test_summary_mean_std_and_gap_share() -> None:
+    rows = [_row("agnostic", 0, 10.0), _row("agnostic", 1, 12.0), _row("oracle", 0, 30.0),
+            _row("oracle", 1, 32.0), _row("transfer_mlp", 0, 16.0), _row("transfer_mlp", 1, 18.0)]  # fmt: skip
+    summary = experiment.summarise(rows)
+    assert list(summary) == ["agnostic", "transfer_mlp", "oracle"]  # display order
+    assert summary["agnostic"]["mask_AP_B"] == {"mean": 11.0, "std": round(math.sqrt(2), 3)}
+    # (17 - 11) / (31 - 11)
+    assert experiment.gap_share(summary, "transfer_mlp", "agnostic") == pytest.approx(0.3)
+    assert experiment.gap_share(summary, "transfer", "agnostic") is None  # not run
+    flat = experiment.summarise([_row("agnostic", 0, 20.0), _row("oracle", 0, 20.0)])
+    assert experiment.gap_share(flat, "agnostic", "agnostic") is None  # no gap to close
+    table = experiment.format_table(summary)
+    assert "| class-agnostic | 2 | 11.00 ± 1.41 |" in table
+
+
+def test_dataset_with_other_parameters_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "dataset.json").write_text(json.dumps({"config": {"num_classes": 12}}))
+    with pytest.raises(ValueError, match="num_classes"):
+        experiment.ensure_dataset(
+            tmp_path, {"classes": 100, "images": 10, "val_images": 5, "image_size": 64}
+        )
+
+
+def test_module_imports_nothing_heavy() -> None:
+    code = ("import sys, maskx.bench.experiment; "
+            "heavy = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("torchvision")
+    out = tmp_path / "exp"
+    argv = ["--out", str(out), "--seeds", "0", "--steps", "2", "--batch-size", "2",
+            "--classes", "24", "--images", "6", "--val-images", "3", "--image-size", "64",
+            "--jobs", "1", "--set", "model.min_size=64", "--set", "model.max_size=64",
+            "--set", "data.workers=0"]  # fmt: skip
+    assert experiment.main(parse(argv)) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in results["runs"]] == list(experiment.VARIANTS)
+    assert results["missing_runs"] == []
+    assert results["budget"]["max_iter"] == 2 and results["budget"]["batch_size"] == 2
+    for r in results["runs"]:
+        assert r["step"] == 2
+        cfg = (Path(r["folder"]) / "config.yaml").read_text()
+        assert "max_iter: 2" in cfg
+        assert all(r[k] is None or 0.0 <= r[k] <= 100.0 for k, *_ in experiment.METRICS)
+    oracle_cfg = (out / "oracle" / "seed0" / "config.yaml").read_text()
+    assert "mask_classes: all" in oracle_cfg and "mask_predictor: class_specific" in oracle_cfg
+    assert set(results["summary"]) == set(experiment.VARIANTS)
+    png = out / "experiment_mask_ap.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| transfer + MLP | 1 |" in printed and "gap share" in printed
+
+    # Second call: every run is done, nothing retrains (metrics untouched), results regathered.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/metrics.json")}
+    assert len(stamps) == 6
+    assert experiment.main(parse(argv)) == 0
+    assert printed.count("training ...") == 6
+    again = capsys.readouterr().out
+    assert again.count("done, skipped") == 6 and "training ..." not in again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
