@@ -118,6 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"smoke run in minutes: {QUICK['steps']} steps, 1 seed, a small set")  # fmt: skip
     parser.add_argument("--no-train", dest="train", action="store_false",
                         help="only gather results of the runs already finished")  # fmt: skip
+    parser.add_argument("--no-diagnose", dest="diagnose", action="store_false",
+                        help="skip the shape-retrieval check of the trained embeddings")  # fmt: skip
     parser.add_argument("--json", type=Path, help="results file (default OUT/results.json)")
     parser.add_argument("--chart", type=Path,
                         help="bar chart PNG (default OUT/experiment_mask_ap.png)")  # fmt: skip
@@ -390,6 +392,80 @@ def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
     return path
 
 
+# ----------------------------------------------------------------------------- diagnostics
+def class_shapes(root: Path, names: Sequence[str]) -> list[str]:
+    """The canonical shape (``family-variant``) of each class name, from the set's categories."""
+    coco = json.loads((root / "annotations" / "instances_val.json").read_text(encoding="utf-8"))
+    by_name = {c["name"]: c.get("shape", "-".join(c["name"].split("-")[:2])) for c in
+               coco["categories"]}  # fmt: skip
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"{root}: classes {missing[:5]} of the checkpoint are not in the set")
+    return [by_name[n] for n in names]
+
+
+def shape_retrieval(vectors: Any, shapes: Sequence[str], in_a: Sequence[bool]) -> float | None:
+    """Share of B classes whose cosine-nearest A class has the same canonical shape.
+
+    ``vectors``: float [K, E], one row per class. This is what weight transfer needs of an
+    embedding: a B class must look like the A classes of its own shape. Chance is about
+    1 / (number of shapes) when A holds one class per shape.
+    """
+    import torch
+
+    v = torch.nn.functional.normalize(torch.as_tensor(vectors, dtype=torch.float64), dim=1)
+    a_idx = [i for i, a in enumerate(in_a) if a]
+    b_idx = [i for i, a in enumerate(in_a) if not a]
+    if not a_idx or not b_idx:
+        return None
+    nearest = (v[b_idx] @ v[a_idx].T).argmax(dim=1).tolist()
+    hits = sum(shapes[b] == shapes[a_idx[j]] for b, j in zip(b_idx, nearest, strict=True))
+    return hits / len(b_idx)
+
+
+def diagnose(run: Run, root: Path) -> dict[str, Any] | None:
+    """Does the detection embedding w_det (and the mask kernel w_seg) of a trained model group
+    classes by shape? Returns shape-retrieval rates (see :func:`shape_retrieval`) for
+    ``cls``, ``box`` and ``cls+box`` embeddings and, where the model has per-class mask
+    kernels, for those; None when the run has no final checkpoint."""
+    import torch
+
+    from maskx.model import ModelConfig, build_model
+    from maskx.training.checkpoint import load_checkpoint
+
+    path = run.folder / "checkpoints" / "model_final.pt"
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    names, in_a = ckpt["vocab"]["names"], ckpt["vocab"]["mask_classes"]
+    # The A/B split of the experiment, also for the oracle (which trains with masks for all).
+    split_file = root / "mask_classes_A.txt"
+    if split_file.is_file():
+        a_names = set(split_file.read_text(encoding="utf-8").split())
+        in_a = [n in a_names for n in names]
+    shapes = class_shapes(root, names)
+    box_predictor = model.roi_heads.box_predictor
+    predictor = model.roi_heads.mask_predictor
+    labels = torch.arange(1, len(names) + 1)
+    out: dict[str, Any] = {"chance": round(1 / len(set(shapes)), 3)}
+    with torch.no_grad():
+        for kind in ("cls", "box", "cls+box"):
+            w = box_predictor.detection_embedding(labels, kind)
+            out[f"w_det_{kind}"] = shape_retrieval(w, shapes, in_a)
+        if hasattr(predictor, "all_class_kernels"):
+            out["w_seg"] = shape_retrieval(predictor.all_class_kernels(box_predictor), shapes, in_a)
+        elif getattr(predictor, "mask_fcn_logits", None) is not None and (
+            predictor.mask_fcn_logits.out_channels > 1
+        ):
+            out["w_seg"] = shape_retrieval(
+                predictor.mask_fcn_logits.weight.flatten(1)[1:], shapes, in_a
+            )
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
 # ------------------------------------------------------------------------------------ main
 def main(args: argparse.Namespace) -> int:
     from maskx.model.config import ConfigError
@@ -431,6 +507,10 @@ def main(args: argparse.Namespace) -> int:
         failed = execute(runs, args.config, args.jobs, args.threads)
 
     rows = [row for r in runs if (row := read_run(r)) is not None]
+    if args.diagnose:
+        for r, row in zip([r for r in runs if r.done], rows, strict=True):
+            if r.variant != "agnostic" and r.variant != "agnostic_mlp":
+                row["shape_retrieval"] = diagnose(r, root)
     summary = summarise(rows)
     shares = {
         "transfer_mlp_vs_agnostic": gap_share(summary, "transfer_mlp", "agnostic"),
@@ -462,6 +542,11 @@ def main(args: argparse.Namespace) -> int:
     for name, share in shares.items():
         text = "n/a" if share is None else f"{100 * share:.0f} %"
         print(f"gap share {name}: {text}")
+    for row in rows:
+        if row.get("shape_retrieval"):
+            sr = row["shape_retrieval"]
+            print(f"shape retrieval {row['variant']}/seed{row['seed']}: "
+                  + ", ".join(f"{k}={v}" for k, v in sr.items()))  # fmt: skip
     if summary:
         chart = args.chart or out / "experiment_mask_ap.png"
         n_seeds = max(len(e["seeds"]) for e in summary.values())

@@ -85,6 +85,16 @@ def test_summary_mean_std_and_gap_share() -> None:
     assert "| class-agnostic | 2 | 11.00 ± 1.41 |" in table
 
 
+def test_shape_retrieval_finds_the_a_class_of_the_same_shape() -> None:
+    torch = pytest.importorskip("torch")
+    shapes = ["disk", "ring", "disk", "ring", "disk"]
+    in_a = [True, True, False, False, False]
+    # B rows 2 and 3 point at the A class of their shape; row 4 (a disk) at the ring.
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
+    assert experiment.shape_retrieval(v, shapes, in_a) == pytest.approx(2 / 3)
+    assert experiment.shape_retrieval(v, shapes, [True] * 5) is None
+
+
 def test_dataset_with_other_parameters_is_refused(tmp_path: Path) -> None:
     (tmp_path / "dataset.json").write_text(json.dumps({"config": {"num_classes": 12}}))
     with pytest.raises(ValueError, match="num_classes"):
@@ -125,11 +135,17 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     png = out / "experiment_mask_ap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| transfer + MLP | 1 |" in printed and "gap share" in printed
+    by_variant = {r["variant"]: r for r in results["runs"]}
+    diag = by_variant["transfer_mlp"]["shape_retrieval"]
+    assert set(diag) == {"chance", "w_det_cls", "w_det_box", "w_det_cls+box", "w_seg"}
+    assert all(0.0 <= v <= 1.0 for v in diag.values())
+    assert "w_seg" in by_variant["oracle"]["shape_retrieval"]
+    assert "shape_retrieval" not in by_variant["agnostic"]
 
     # Second call: every run is done, nothing retrains (metrics untouched), results regathered.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/metrics.json")}
     assert len(stamps) == 6
-    assert experiment.main(parse(argv)) == 0
+    assert experiment.main(parse([*argv, "--no-diagnose"])) == 0
     assert printed.count("training ...") == 6
     again = capsys.readouterr().out
     assert again.count("done, skipped") == 6 and "training ..." not in again
