@@ -1,7 +1,70 @@
-"""Shared test configuration: deterministic, single-threaded torch where torch is present."""
+"""Shared test fixtures: a small synthetic dataset and a briefly trained tiny checkpoint."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny_synth.yaml"
+
+
+def tiny_train_overrides(data_root: Path, **extra: object) -> list[str]:
+    """--set overrides that make the tiny synthetic config run in seconds on the CPU."""
+    sets: dict[str, object] = {
+        "data.root": str(data_root),
+        "data.workers": 0,
+        "model.tiny_widths": "[16, 32, 48, 64]",
+        "model.fpn_channels": 32,
+        "model.min_size": 96,
+        "model.max_size": 96,
+        "model.box_head_dim": 64,
+        "model.mask_head_dim": 32,
+        "model.transfer_hidden": 32,
+        "model.rpn_batch_size_per_image": 64,
+        "model.box_batch_size_per_image": 64,
+        "solver.batch_size": 2,
+        "solver.warmup_iters": 2,
+        "solver.steps": "[]",
+        "train.progress": "false",
+        "train.tensorboard": "false",
+        "train.log_period": 1,
+    }
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset (12 classes, 16 train / 8 val images of 96 px)."""
+    from maskx.training.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(
+        num_classes=12, train_images=16, val_images=8, image_size=96, min_objects=2,
+        max_objects=4, seed=0,
+    )  # fmt: skip
+    generate_dataset(root, cfg, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synth_root, tmp_path_factory) -> Path:
+    """A tiny Mask^X model (transfer + MLP) trained for 40 steps on ``synth_root``."""
+    from maskx.training.config import load_config
+    from maskx.training.engine import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        TINY_CONFIG,
+        tiny_train_overrides(
+            synth_root, **{"solver.max_iter": 40, "solver.lr": 0.003,
+                           "train.checkpoint_period": 0, "data.val_annotations": "null"}
+        ),
+    )  # fmt: skip
+    train(cfg, out)
+    return out / "checkpoints" / "model_final.pt"

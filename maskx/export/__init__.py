@@ -1,1 +1,1 @@
-"""maskx.export."""
+"""Export: checkpoint → ONNX with baked mask weights, verified against PyTorch."""

@@ -83,7 +83,8 @@ class ModelConfig:
     mlp: bool = False
     """Fuse the class-agnostic MLP mask branch (added to every class's FCN logits)."""
     mlp_input_size: int = 28
-    """Spatial size the MLP reads (the 28×28 deconv map is average-pooled to this size)."""
+    """Spatial size the MLP reads (the 28×28 deconv map is average-pooled to this size; a
+    divisor of 28)."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes carried along (e.g. the model name); not used to build."""
@@ -116,8 +117,11 @@ class ModelConfig:
                 f"need 32 <= min_size <= max_size, got min_size={self.min_size}, "
                 f"max_size={self.max_size}"
             )
-        if not (1 <= self.mlp_input_size <= 28):
-            raise ConfigError(f"mlp_input_size must be in [1, 28], got {self.mlp_input_size!r}")
+        if self.mlp_input_size not in (1, 2, 4, 7, 14, 28):
+            raise ConfigError(
+                "mlp_input_size must divide the 28×28 mask (1, 2, 4, 7, 14 or 28), "
+                f"got {self.mlp_input_size!r}"
+            )
         if self.box_candidates_per_img is not None and (
             self.box_candidates_per_img < self.box_detections_per_img
         ):

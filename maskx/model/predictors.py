@@ -59,7 +59,8 @@ class ClassSpecificBoxPredictor(nn.Module):
         x = x.flatten(start_dim=1)
         weight = self.bbox_pred.weight.view(-1, 4, x.shape[1])[labels]  # [R, 4, D]
         bias = self.bbox_pred.bias.view(-1, 4)[labels]  # [R, 4]
-        return torch.einsum("rd,rkd->rk", x, weight) + bias
+        # bmm rather than einsum: ONNX Runtime's Einsum crashes (SIGFPE) on zero rows.
+        return torch.bmm(weight, x[:, :, None])[:, :, 0] + bias
 
     def detection_embedding(self, labels: Tensor, kind: str) -> Tensor:
         """w_det of the given classes: ``cls`` [N, D], ``box`` [N, 4D] or ``cls+box`` [N, 5D]."""
@@ -127,6 +128,8 @@ class MLPMaskBranch(nn.Module):
 
     def __init__(self, in_channels: int, input_size: int, mask_size: int = 28) -> None:
         super().__init__()
+        if mask_size % input_size:
+            raise ValueError(f"MLP input_size must divide {mask_size}, got {input_size}")
         self.input_size = input_size
         self.mask_size = mask_size
         self.fc = nn.Linear(in_channels * input_size * input_size, mask_size * mask_size)
@@ -135,8 +138,10 @@ class MLPMaskBranch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N, C, M, M] → logits [N, M, M]."""
-        if x.shape[-1] != self.input_size:
-            x = F.adaptive_avg_pool2d(x, self.input_size)
+        if self.input_size != self.mask_size:
+            # A fixed kernel (not adaptive pooling) so that the ONNX export has static shapes.
+            k = self.mask_size // self.input_size
+            x = F.avg_pool2d(x, kernel_size=k, stride=k)
         return self.fc(x.flatten(start_dim=1)).view(-1, self.mask_size, self.mask_size)
 
 
@@ -177,7 +182,10 @@ class MaskPredictor(nn.Module):
 
     def logits_from_features(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """Apply per-RoI kernels to deconv features x [N, D, M, M] → [N, M, M] (+ MLP)."""
-        logits = torch.einsum("ndhw,nd->nhw", x, weight)
+        # A broadcast matmul, not einsum or a flattening reshape: both fail in ONNX Runtime
+        # when there are no detections (Einsum divides by zero; Reshape cannot infer a -1).
+        logits = torch.matmul(x.permute(0, 2, 3, 1)[..., None, :], weight[:, None, None, :, None])
+        logits = logits[..., 0, 0]
         if bias is not None:
             logits = logits + bias[:, None, None]
         if self.mlp is not None:

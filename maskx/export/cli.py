@@ -1,0 +1,63 @@
+"""``maskx export --checkpoint CKPT --output model.onnx [--opset N] [--no-verify]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from maskx.export.onnx_export import OPSET
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a maskx training checkpoint (.pt)")
+    parser.add_argument("--output", required=True, help="ONNX file to write (atomically)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    parser.add_argument("--name", help="model name in the metadata (default: the run folder)")
+    parser.add_argument("--model-version", default="0.1.0", help="model version in the metadata")
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare ONNX Runtime with eager PyTorch and fail on a mismatch (default: on)",
+    )
+    parser.add_argument("--box-rtol", type=float, default=1e-3)
+    parser.add_argument("--mask-atol", type=float, default=1e-3)
+
+
+def main(args: argparse.Namespace) -> int:
+    from maskx.export.onnx_export import ExportError, build_metadata, export_model, verify_export
+    from maskx.training.checkpoint import CheckpointError, file_sha256, load_model_from_checkpoint
+
+    ckpt_path = Path(args.checkpoint)
+    try:
+        model, vocab, ckpt = load_model_from_checkpoint(ckpt_path)
+    except CheckpointError as exc:
+        print(f"maskx export: {exc}", file=sys.stderr)
+        return 2
+    name = args.name or (ckpt_path.parent.parent.name if ckpt_path.parent.name == "checkpoints"
+                         else ckpt_path.stem)  # fmt: skip
+    metadata = build_metadata(
+        model, vocab, model_config=ckpt["model_config"], train_config=ckpt.get("train_config"),
+        checkpoint_sha256=file_sha256(ckpt_path), name=name, version=args.model_version,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        out = export_model(model, args.output, metadata, opset=args.opset)
+    except (ExportError, OSError) as exc:
+        print(f"maskx export: {exc}", file=sys.stderr)
+        return 2
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out} ({size_mb:.1f} MB, {len(vocab)} classes, opset {args.opset}) "
+          f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    if not args.verify:
+        return 0
+    report = verify_export(model, out, box_rtol=args.box_rtol, mask_atol=args.mask_atol)
+    print(report.table())
+    if not report.passed:
+        print("maskx export: verification FAILED (the model was written; see the table)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print("verification passed: ONNX Runtime matches eager PyTorch")
+    return 0

@@ -1,0 +1,146 @@
+"""ONNX export: baked mask weights, parity with eager PyTorch, empty outputs, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from maskx.cli import main as cli_main
+from maskx.export.onnx_export import (
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    eager_reference,
+    export_model,
+    pad_batch,
+    verify_export,
+)
+from maskx.model import build_model
+from maskx.training.checkpoint import load_model_from_checkpoint
+from tests.model.conftest import tiny_config
+
+
+def _synth_images(synth_root, n=2):
+    from PIL import Image
+
+    files = sorted((synth_root / "images" / "val").glob("*.png"))[:n]
+    return [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).contiguous()
+            for f in files]  # fmt: skip
+
+
+def test_k3000_export_bakes_the_transfer(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(num_classes=3000, box_head_dim=1024, mask_head_dim=32)
+    model = build_model(cfg).eval()
+    out = export_model(model, tmp_path / "k3000.onnx", {"name": "k3000"}, sample_size=(128, 128))
+    proto = onnx.load(out)
+    shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
+    assert (3000, 32) in shapes.values(), "W_seg [K, D] must be a constant of the graph"
+    # No layer of the transfer MLP: nothing reads a 5120-wide (cls+box, D=1024) embedding.
+    embed = 5 * 1024
+    for node in proto.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            for name in node.input:
+                if name in shapes:
+                    assert embed not in shapes[name], (node.name, shapes[name])
+    tau = model.roi_heads.mask_predictor.weight_transfer.layers[0].weight.detach().numpy()
+    for init in proto.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        assert arr.shape != tau.shape and arr.shape != tau.T.shape
+    # The baked weights equal τ(W_det) of every class.
+    w = next(
+        numpy_helper.to_array(i) for i in proto.graph.initializer if tuple(i.dims) == (3000, 32)
+    )
+    box = model.roi_heads.box_predictor
+    expected = model.roi_heads.mask_predictor.all_class_kernels(box).numpy()
+    np.testing.assert_allclose(w, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_trained_checkpoint_parity_two_sizes_and_batch(trained_checkpoint, synth_root, tmp_path):
+    model, vocab, _ = load_model_from_checkpoint(trained_checkpoint)
+    path = tmp_path / "m.onnx"
+    assert cli_main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(path),
+                     "--no-verify"]) == 0  # fmt: skip
+    meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}[METADATA_KEY])
+    assert meta["classes"] == list(vocab.names) and meta["mask_classes"] == list(vocab.mask_classes)
+    assert len(meta["checkpoint_sha256"]) == 64 and meta["min_size"] == 96
+    assert meta["training_config"]["solver"]["max_iter"] == 40
+
+    imgs = _synth_images(synth_root)
+    sizes = [imgs[0], imgs[1][:, :64, :96].contiguous(), imgs[0][:, :96, :64].contiguous()]
+    model.roi_heads.score_thresh = 0.0  # plenty of detections to compare
+    export_model(model, path, meta)
+    report = verify_export(model, path, sizes)
+    print(report.table())
+    checked = [c for c in report.cases if c.detections_eager > 0]
+    assert len(checked) >= 4
+    for c in report.cases:
+        assert c.same_detections, c
+        assert c.max_box_rel_diff <= 1e-3 and c.max_mask_diff <= 1e-3, c
+
+
+def test_no_detections_then_next_call_works(trained_checkpoint, synth_root, tmp_path):
+    model, _, _ = load_model_from_checkpoint(trained_checkpoint)
+    model.roi_heads.score_thresh = 0.02
+    path = export_model(model, tmp_path / "m.onnx", {"name": "t"})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    img = _synth_images(synth_root, 1)[0]
+    # The padding of a zero-size valid region: nothing can be detected.
+    batch, sizes = pad_batch([torch.zeros(3, 96, 96, dtype=torch.uint8)])
+    out = sess.run(OUTPUT_NAMES, {"images": batch.numpy(), "image_sizes": np.array([[0, 0]])})
+    assert [o.shape[0] for o in out] == [0] * 5
+    assert out[4].shape == (0, 28, 28) and out[0].shape == (0, 4)
+    batch, sizes = pad_batch([img])
+    out = sess.run(OUTPUT_NAMES, {"images": batch.numpy(), "image_sizes": sizes.numpy()})
+    ref = eager_reference(model, [img])[0]
+    assert out[0].shape[0] == ref["boxes"].shape[0] > 0
+    np.testing.assert_array_equal(out[2], ref["labels"].numpy())
+
+
+def test_corrupt_checkpoint_and_unwritable_output(tmp_path, trained_checkpoint, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    assert cli_main(["export", "--checkpoint", str(bad), "--output", str(tmp_path / "x.onnx")]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+    missing_dir = tmp_path / "no" / "such" / "m.onnx"
+    code = cli_main(
+        ["export", "--checkpoint", str(trained_checkpoint), "--output", str(missing_dir)]
+    )
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not __import__("os").access(ro, __import__("os").W_OK):  # root ignores modes
+            code = cli_main(["export", "--checkpoint", str(trained_checkpoint),
+                             "--output", str(ro / "m.onnx")])  # fmt: skip
+            assert code == 2 and "not writable" in capsys.readouterr().err
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_failed_export_leaves_no_partial_file(tmp_path, monkeypatch):
+    model = build_model(tiny_config()).eval()
+
+    def boom(*a, **k):
+        raise RuntimeError("tracing failed")
+
+    monkeypatch.setattr(torch.onnx, "export", boom)
+    with pytest.raises(RuntimeError, match="tracing failed"):
+        export_model(model, tmp_path / "m.onnx", {"name": "t"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_verification_passes_on_trained_model(trained_checkpoint, tmp_path, capsys):
+    code = cli_main(["export", "--checkpoint", str(trained_checkpoint),
+                     "--output", str(tmp_path / "m.onnx")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "verification passed" in out and "batch of 2" in out
