@@ -509,9 +509,11 @@ def _mb(nbytes: float | None) -> str | None:
     return None if nbytes is None else f"{nbytes / 2**20:.1f}"
 
 
-def _ratio_line(name: str, value: float | None) -> str:
+def _ratio_line(name: str, value: float | None, goal: bool = True) -> str:
     if value is None:
         return f"{name}: n/a"
+    if not goal:
+        return f"{name}: {value:.3f} (for information)"
     verdict = "meets" if value <= GOAL else "MISSES"
     return f"{name}: {value:.3f} ({verdict} the goal <= {GOAL:.2f})"
 
@@ -550,8 +552,9 @@ def run_eval(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
     images = random_images(1, s["size"], args.seed)
     variants: dict[str, dict[str, Any]] = {}
     models: dict[str, Any] = {}
+    reference = None  # the first model: every other one takes its shared weights
     for mlp in (False, True):
-        reference = None
+        same_mlp = None
         for k in (args.k_small, args.k_large):
             name = f"transfer{'+mlp' if mlp else ''} K={k}"
             cfg = bench_model_config(
@@ -565,6 +568,10 @@ def run_eval(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
                 reference = model
             else:
                 copy_shared_weights(model, reference)
+            if same_mlp is None:
+                same_mlp = model
+            else:
+                copy_shared_weights(model, same_mlp)  # the MLP branch too
             models[name] = model
             variants[name] = {"k": k, "mlp": mlp, "config": cfg}
 
@@ -585,9 +592,31 @@ def run_eval(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
             )
         variants[name]["detections"] = n
     times = interleaved_times(cases, repeats=s["repeats"], warmup=args.warmup)
+
+    # The RoI heads alone, on the same features and proposals (backbone and RPN weights are
+    # shared): the part where K enters, timed without the backbone's larger, K-free cost.
+    with torch.inference_mode():
+        image_list, _ = reference.transform(images)
+        features = reference.backbone(image_list.tensors)
+        proposals, _ = reference.rpn(image_list, features)
+
+    def heads_only(model: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode():
+                return model.roi_heads(features, proposals, image_list.image_sizes)
+
+        return run
+
+    heads_times = interleaved_times(
+        {name: heads_only(m) for name, m in models.items()},
+        repeats=s["repeats"],
+        warmup=args.warmup,
+    )
     for name, t in times.items():
         variants[name]["latency_s"] = statistics.median(t)
         variants[name]["latency_runs_s"] = t
+        variants[name]["roi_heads_s"] = statistics.median(heads_times[name])
+        variants[name]["roi_heads_runs_s"] = heads_times[name]
         variants[name]["largest"] = largest_allocations(models[name], images)
         if args.profile:
             print(f"\n--- top ops: {name}\n{top_ops(cases[name])}")
@@ -682,6 +711,7 @@ def main(args: argparse.Namespace) -> int:
         runs = v["latency_runs_s"]
         rows.append([
             name, v["detections"], f"{v['latency_s']:.3f}", f"{min(runs):.3f}-{max(runs):.3f}",
+            f"{v['roi_heads_s']:.3f}",
             None if mem.get("peak_increase_mb") is None else f"{mem['peak_increase_mb']:.1f}",
             _mb(v["largest"]["mask_branch"]["bytes"]),
             "x".join(map(str, v["largest"]["mask_branch"]["shape"])),
@@ -691,7 +721,8 @@ def main(args: argparse.Namespace) -> int:
         f"\nEval, one image, median of {s['repeats']} interleaved runs after {args.warmup} warm-up"
     )
     print(format_table(
-        ["variant", "dets", "latency s", "range s", "peak RSS +MB", "mask-branch max MB",
+        ["variant", "dets", "latency s", "range s", "RoI heads s", "peak RSS +MB",
+         "mask-branch max MB",
          "its shape", "RoI-heads max MB"], rows))  # fmt: skip
 
     ratios: dict[str, float | None] = {}
@@ -701,6 +732,9 @@ def main(args: argparse.Namespace) -> int:
         tag = f"transfer{suffix}"
         ratios[f"{tag} latency K={args.k_large}/K={args.k_small}"] = (
             large["latency_s"] / small["latency_s"]
+        )
+        ratios[f"{tag} RoI-heads latency K={args.k_large}/K={args.k_small}"] = (
+            large["roi_heads_s"] / small["roi_heads_s"]
         )
         pm_small = (small.get("memory") or {}).get("peak_increase_mb")
         pm_large = (large.get("memory") or {}).get("peak_increase_mb")
@@ -726,10 +760,15 @@ def main(args: argparse.Namespace) -> int:
             / tr["models"]["torchvision MaskRCNN"]["step_s"]
         )
     result["ratios"] = ratios
-    result["goals_met"] = all(v is None or v <= GOAL for v in ratios.values())
+    # The RoI heads alone are where K enters; their ratio explains the model's, no goal of its own.
+    informative = {name for name in ratios if "RoI-heads" in name}
+    result["goal_ratios"] = [name for name in ratios if name not in informative]
+    result["goals_met"] = all(
+        ratios[name] is None or ratios[name] <= GOAL for name in result["goal_ratios"]
+    )
     print()
     for name, value in ratios.items():
-        print(_ratio_line(name, value))
+        print(_ratio_line(name, value, goal=name not in informative))
     print(f"\n({result['wall_s']:.0f} s; load average before/after: {result['load_average']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
