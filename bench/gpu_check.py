@@ -103,7 +103,8 @@ class Check:
 
 @contextlib.contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
-    """Raise :class:`BudgetExceeded` in the main thread after ``seconds`` (POSIX only)."""
+    """Raise :class:`BudgetExceeded` in the main thread after ``seconds`` (POSIX only). Nests:
+    an enclosing alarm is re-armed with its remaining time on exit."""
     if not hasattr(signal, "SIGALRM"):
         yield
         return
@@ -111,6 +112,8 @@ def _alarm(seconds: float) -> Iterator[None]:
     def on_alarm(signum: int, frame: Any) -> None:
         raise BudgetExceeded
 
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
     try:
@@ -118,6 +121,10 @@ def _alarm(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_left > 0:
+            signal.setitimer(
+                signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001)
+            )
 
 
 def _free_device_memory(device: Any) -> None:

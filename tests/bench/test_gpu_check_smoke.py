@@ -123,3 +123,20 @@ def test_spent_budget_skips_the_remaining_cases(tmp_path: Path) -> None:
     assert run.returncode == 0
     assert [r["status"] for r in result["rows"]] == ["skipped"] * 3
     table_is_last(run.stdout)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGALRM"), reason="needs SIGALRM")
+def test_nested_alarm_rearms_the_outer_budget() -> None:
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    t0 = time.monotonic()
+    with pytest.raises(gpu_check.BudgetExceeded), gpu_check._alarm(0.5):
+        with gpu_check._alarm(5):  # a case inside a case group
+            time.sleep(0.1)
+        time.sleep(5)  # the group's own budget must still stop this
+    assert time.monotonic() - t0 < 2
