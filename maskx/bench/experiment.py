@@ -88,12 +88,14 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
 
 # Dataset of the full experiment (the synth defaults otherwise): ≥ 100 classes from 12 families.
 FULL_DATA = {"classes": 100, "images": 1200, "val_images": 400, "image_size": 160}
-QUICK = {"steps": 40, "classes": 100, "images": 160, "val_images": 60, "seeds": [0]}
+QUICK = {"steps": 30, "batch_size": 4, "classes": 100, "images": 120, "val_images": 40,
+         "seeds": [0]}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("artifacts/experiment/full"),
-                        help="experiment folder (run folders, results.json, chart)")  # fmt: skip
+    parser.add_argument("--out", type=Path,
+                        help="experiment folder (run folders, results.json, chart); default "
+                             "artifacts/experiment/full, or artifacts/experiment/quick with --quick")  # fmt: skip
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="base training config (YAML)")
     parser.add_argument("--data-root", type=Path,
                         help="use this synthetic set instead of generating OUT/data")  # fmt: skip
@@ -177,6 +179,31 @@ def plan_runs(
         for s in seeds
         for v in order
     ]
+
+
+def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
+    """Refuse to reuse a finished run trained with another budget or variant: the table must
+    compare runs of one budget. ``expected`` is the run's ``TrainConfig.to_dict()``."""
+    import yaml
+
+    path = run.folder / "config.yaml"
+    if not run.done or not path.is_file():
+        return
+    have = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    fields = [("solver", k) for k in expected["solver"]]
+    fields += [("model", k) for k in ("mask_predictor", "mlp", "stop_gradient", "mlp_input_size",
+                                      "backbone", "min_size", "box_score_thresh")]  # fmt: skip
+    fields += [("data", "mask_classes"), ("train", "seed")]
+    diff = {
+        f"{sec}.{key}": (have.get(sec, {}).get(key), expected[sec][key])
+        for sec, key in fields
+        if have.get(sec, {}).get(key) != expected[sec][key]
+    }
+    if diff:
+        raise ValueError(
+            f"{path}: this finished run was trained with other settings (have, wanted): {diff}; "
+            "use another --out or delete the run folder"
+        )
 
 
 # ------------------------------------------------------------------------------------ data
@@ -471,29 +498,30 @@ def main(args: argparse.Namespace) -> int:
     from maskx.model.config import ConfigError
     from maskx.training.config import load_config
 
-    steps, seeds = args.steps, list(args.seeds)
+    steps, batch_size, seeds = args.steps, args.batch_size, list(args.seeds)
     data = dict(FULL_DATA)
     if args.quick:
         steps = steps or QUICK["steps"]
+        batch_size = batch_size or QUICK["batch_size"]
         seeds = seeds if seeds != [0, 1] else list(QUICK["seeds"])
         data.update(classes=QUICK["classes"], images=QUICK["images"],
                     val_images=QUICK["val_images"])  # fmt: skip
     for key in ("classes", "images", "val_images", "image_size"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
-    out: Path = args.out
+    out: Path = args.out or Path(f"artifacts/experiment/{'quick' if args.quick else 'full'}")
     root = args.data_root or ensure_dataset(out / "data", data)
     if not (root / "dataset.json").is_file() and not (root / "annotations").is_dir():
         print(f"maskx bench experiment: --data-root {root} holds no synthetic set "
               "(no dataset.json / annotations/)", file=sys.stderr)  # fmt: skip
         return 2
-    common = [f"data.root={root}", *budget_overrides(steps, args.batch_size), *args.overrides]
+    common = [f"data.root={root}", *budget_overrides(steps, batch_size), *args.overrides]
     runs = plan_runs(out, args.variants, seeds, common)
     try:  # misconfiguration fails here, before hours of training
         base = load_config(args.config, list(runs[0].overrides))
         for r in runs:
-            load_config(args.config, list(r.overrides))
-    except ConfigError as exc:
+            check_finished_run(r, load_config(args.config, list(r.overrides)).to_dict())
+    except (ConfigError, ValueError) as exc:
         print(f"maskx bench experiment: {exc}", file=sys.stderr)
         return 2
     s = base.solver

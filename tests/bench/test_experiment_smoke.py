@@ -150,3 +150,7 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     again = capsys.readouterr().out
     assert again.count("done, skipped") == 6 and "training ..." not in again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # Same folder, another budget: refused instead of mixing budgets in one table.
+    assert experiment.main(parse([*argv, "--steps", "3", "--no-diagnose"])) == 2
+    assert "solver.max_iter" in capsys.readouterr().err
