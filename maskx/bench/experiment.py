@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-train", dest="train", action="store_false",
                         help="only gather results of the runs already finished")  # fmt: skip
     parser.add_argument("--no-diagnose", dest="diagnose", action="store_false",
-                        help="skip the shape-retrieval check of the trained embeddings")  # fmt: skip
+                        help="skip the check of what the trained class vectors encode")  # fmt: skip
     parser.add_argument("--json", type=Path, help="results file (default OUT/results.json)")
     parser.add_argument("--chart", type=Path,
                         help="bar chart PNG (default OUT/experiment_mask_ap.png)")  # fmt: skip
@@ -420,23 +420,28 @@ def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
 
 
 # ----------------------------------------------------------------------------- diagnostics
-def class_shapes(root: Path, names: Sequence[str]) -> list[str]:
-    """The canonical shape (``family-variant``) of each class name, from the set's categories."""
+ATTRIBUTES = ("shape", "family", "colour", "texture")
+
+
+def class_attributes(root: Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """Each class's canonical shape (``family-variant``), family, colour and texture, from the
+    synthetic set's categories: ``{attribute: [value per class name]}``."""
     coco = json.loads((root / "annotations" / "instances_val.json").read_text(encoding="utf-8"))
-    by_name = {c["name"]: c.get("shape", "-".join(c["name"].split("-")[:2])) for c in
-               coco["categories"]}  # fmt: skip
+    by_name = {c["name"]: c for c in coco["categories"]}
     missing = [n for n in names if n not in by_name]
     if missing:
         raise ValueError(f"{root}: classes {missing[:5]} of the checkpoint are not in the set")
-    return [by_name[n] for n in names]
+    key = {"shape": "shape", "family": "supercategory", "colour": "colour", "texture": "texture"}
+    return {a: [str(by_name[n].get(key[a])) for n in names] for a in ATTRIBUTES}
 
 
-def shape_retrieval(vectors: Any, shapes: Sequence[str], in_a: Sequence[bool]) -> float | None:
-    """Share of B classes whose cosine-nearest A class has the same canonical shape.
+def nearest_a_match(vectors: Any, values: Sequence[str], in_a: Sequence[bool]) -> float | None:
+    """Share of B classes whose cosine-nearest A class has the same ``values`` entry.
 
-    ``vectors``: float [K, E], one row per class. This is what weight transfer needs of an
-    embedding: a B class must look like the A classes of its own shape. Chance is about
-    1 / (number of shapes) when A holds one class per shape.
+    ``vectors``: float [K, E], one row per class. Weight transfer needs an embedding in which
+    a B class looks like the A class of its own *shape* (A holds one class per shape, so chance
+    is about 1/24); if instead it looks like A classes of its colour or texture, τ hands it the
+    mask kernel of another shape.
     """
     import torch
 
@@ -446,15 +451,27 @@ def shape_retrieval(vectors: Any, shapes: Sequence[str], in_a: Sequence[bool]) -
     if not a_idx or not b_idx:
         return None
     nearest = (v[b_idx] @ v[a_idx].T).argmax(dim=1).tolist()
-    hits = sum(shapes[b] == shapes[a_idx[j]] for b, j in zip(b_idx, nearest, strict=True))
+    hits = sum(values[b] == values[a_idx[j]] for b, j in zip(b_idx, nearest, strict=True))
     return hits / len(b_idx)
 
 
+def chance_match(values: Sequence[str], in_a: Sequence[bool]) -> float | None:
+    """Expected :func:`nearest_a_match` of an embedding that ignores ``values`` (a random A
+    class as the nearest one)."""
+    a_vals = [v for v, a in zip(values, in_a, strict=True) if a]
+    b_vals = [v for v, a in zip(values, in_a, strict=True) if not a]
+    if not a_vals or not b_vals:
+        return None
+    return sum(a_vals.count(b) for b in b_vals) / (len(a_vals) * len(b_vals))
+
+
 def diagnose(run: Run, root: Path) -> dict[str, Any] | None:
-    """Does the detection embedding w_det (and the mask kernel w_seg) of a trained model group
-    classes by shape? Returns shape-retrieval rates (see :func:`shape_retrieval`) for
-    ``cls``, ``box`` and ``cls+box`` embeddings and, where the model has per-class mask
-    kernels, for those; None when the run has no final checkpoint."""
+    """Which attribute of a class do the trained class vectors encode?
+
+    For the detection embeddings w_det (``cls``, ``box``, ``cls+box``) and, where the model has
+    per-class mask kernels, w_seg: :func:`nearest_a_match` for shape, family, colour and
+    texture, next to ``chance``. None when the run has no final checkpoint.
+    """
     import torch
 
     from maskx.model import ModelConfig, build_model
@@ -473,24 +490,28 @@ def diagnose(run: Run, root: Path) -> dict[str, Any] | None:
     if split_file.is_file():
         a_names = set(split_file.read_text(encoding="utf-8").split())
         in_a = [n in a_names for n in names]
-    shapes = class_shapes(root, names)
+    attrs = class_attributes(root, names)
     box_predictor = model.roi_heads.box_predictor
     predictor = model.roi_heads.mask_predictor
     labels = torch.arange(1, len(names) + 1)
-    out: dict[str, Any] = {"chance": round(1 / len(set(shapes)), 3)}
+    vectors: dict[str, Any] = {}
     with torch.no_grad():
         for kind in ("cls", "box", "cls+box"):
-            w = box_predictor.detection_embedding(labels, kind)
-            out[f"w_det_{kind}"] = shape_retrieval(w, shapes, in_a)
+            vectors[f"w_det_{kind}"] = box_predictor.detection_embedding(labels, kind)
         if hasattr(predictor, "all_class_kernels"):
-            out["w_seg"] = shape_retrieval(predictor.all_class_kernels(box_predictor), shapes, in_a)
+            vectors["w_seg"] = predictor.all_class_kernels(box_predictor)
         elif getattr(predictor, "mask_fcn_logits", None) is not None and (
             predictor.mask_fcn_logits.out_channels > 1
         ):
-            out["w_seg"] = shape_retrieval(
-                predictor.mask_fcn_logits.weight.flatten(1)[1:], shapes, in_a
-            )
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+            vectors["w_seg"] = predictor.mask_fcn_logits.weight.flatten(1)[1:]
+
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
+    out: dict[str, Any] = {"chance": {a: r(chance_match(attrs[a], in_a)) for a in ATTRIBUTES}}
+    for name, v in vectors.items():
+        out[name] = {a: r(nearest_a_match(v, attrs[a], in_a)) for a in ATTRIBUTES}
+    return out
 
 
 # ------------------------------------------------------------------------------------ main
@@ -538,7 +559,7 @@ def main(args: argparse.Namespace) -> int:
     if args.diagnose:
         for r, row in zip([r for r in runs if r.done], rows, strict=True):
             if r.variant != "agnostic" and r.variant != "agnostic_mlp":
-                row["shape_retrieval"] = diagnose(r, root)
+                row["nearest_a_class"] = diagnose(r, root)
     summary = summarise(rows)
     shares = {
         "transfer_mlp_vs_agnostic": gap_share(summary, "transfer_mlp", "agnostic"),
@@ -571,10 +592,11 @@ def main(args: argparse.Namespace) -> int:
         text = "n/a" if share is None else f"{100 * share:.0f} %"
         print(f"gap share {name}: {text}")
     for row in rows:
-        if row.get("shape_retrieval"):
-            sr = row["shape_retrieval"]
-            print(f"shape retrieval {row['variant']}/seed{row['seed']}: "
-                  + ", ".join(f"{k}={v}" for k, v in sr.items()))  # fmt: skip
+        if row.get("nearest_a_class"):
+            print(f"nearest A class of a B class shares (shape/family/colour/texture), "
+                  f"{row['variant']}/seed{row['seed']}: "
+                  + "; ".join(f"{k} " + "/".join(str(x) for x in v.values())
+                              for k, v in row["nearest_a_class"].items()))  # fmt: skip
     if summary:
         chart = args.chart or out / "experiment_mask_ap.png"
         n_seeds = max(len(e["seeds"]) for e in summary.values())

@@ -85,14 +85,16 @@ def test_summary_mean_std_and_gap_share() -> None:
     assert "| class-agnostic | 2 | 11.00 ± 1.41 |" in table
 
 
-def test_shape_retrieval_finds_the_a_class_of_the_same_shape() -> None:
+def test_nearest_a_match_and_its_chance() -> None:
     torch = pytest.importorskip("torch")
     shapes = ["disk", "ring", "disk", "ring", "disk"]
     in_a = [True, True, False, False, False]
     # B rows 2 and 3 point at the A class of their shape; row 4 (a disk) at the ring.
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
-    assert experiment.shape_retrieval(v, shapes, in_a) == pytest.approx(2 / 3)
-    assert experiment.shape_retrieval(v, shapes, [True] * 5) is None
+    assert experiment.nearest_a_match(v, shapes, in_a) == pytest.approx(2 / 3)
+    assert experiment.nearest_a_match(v, shapes, [True] * 5) is None
+    assert experiment.chance_match(shapes, in_a) == pytest.approx(0.5)
+    assert experiment.chance_match(["a", "b", "c", "c"], [True, True, False, False]) == 0.0
 
 
 def test_dataset_with_other_parameters_is_refused(tmp_path: Path) -> None:
@@ -136,11 +138,12 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| transfer + MLP | 1 |" in printed and "gap share" in printed
     by_variant = {r["variant"]: r for r in results["runs"]}
-    diag = by_variant["transfer_mlp"]["shape_retrieval"]
+    diag = by_variant["transfer_mlp"]["nearest_a_class"]
     assert set(diag) == {"chance", "w_det_cls", "w_det_box", "w_det_cls+box", "w_seg"}
-    assert all(0.0 <= v <= 1.0 for v in diag.values())
-    assert "w_seg" in by_variant["oracle"]["shape_retrieval"]
-    assert "shape_retrieval" not in by_variant["agnostic"]
+    assert all(set(d) == set(experiment.ATTRIBUTES) for d in diag.values())
+    assert all(0.0 <= x <= 1.0 for d in diag.values() for x in d.values())
+    assert "w_seg" in by_variant["oracle"]["nearest_a_class"]
+    assert "nearest_a_class" not in by_variant["agnostic"]
 
     # Second call: every run is done, nothing retrains (metrics untouched), results regathered.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/metrics.json")}
