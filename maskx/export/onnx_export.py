@@ -6,10 +6,8 @@ once the model is wrapped in :class:`~maskx.export.adapter.ExportAdapter`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from maskx import __version__
 from maskx.export.adapter import INPUT_NAMES, OUTPUT_NAMES, ExportAdapter
+from maskx.fileio import atomic_path
 from maskx.model import MaskXRCNN
 
 OPSET = 17
@@ -140,9 +139,8 @@ def export_model(
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
     sizes = torch.tensor([[h, w], [h - 32, w - 64]], dtype=torch.int64)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    try:
+    with atomic_path(output, make_parents=False) as tmp_path:
+        tmp = str(tmp_path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about data-dependent shapes
             torch.onnx.export(
@@ -172,11 +170,6 @@ def export_model(
         entry.value = json.dumps(metadata, separators=(",", ":"))
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return output
 
 

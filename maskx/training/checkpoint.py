@@ -16,16 +16,16 @@ A checkpoint is a ``torch.save`` dict::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from maskx.fileio import atomic_path
 
 FORMAT = "maskx-checkpoint"
 FORMAT_VERSION = 1
@@ -41,18 +41,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     A crash at any point leaves either the old file or the new one, never half a file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

@@ -16,7 +16,6 @@ import copy
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +25,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
+
+from maskx.fileio import atomic_path
 
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
 SUBSETS: tuple[str, ...] = ("all", "A", "B")
@@ -262,19 +263,9 @@ def evaluate(
 def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``metrics`` as indented JSON atomically (a reader never sees half a file)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False, default=_jsonable)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(target) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
     return target
 
 
