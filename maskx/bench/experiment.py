@@ -311,7 +311,8 @@ def read_run(run: Run) -> dict[str, Any] | None:
     path = run.folder / "metrics.json"
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    split = run.folder / SPLIT_METRICS
+    metrics = json.loads((split if split.is_file() else path).read_text(encoding="utf-8"))
     row: dict[str, Any] = {"variant": run.variant, "seed": run.seed, "folder": str(run.folder)}
     for key, iou, subset, stat in METRICS:
         value = metrics.get(iou, {}).get(subset, {}).get(stat)
@@ -322,6 +323,47 @@ def read_run(run: Run) -> dict[str, Any] | None:
     if config.is_file():
         row["seconds"] = round(path.stat().st_mtime - config.stat().st_mtime, 1)
     return row
+
+
+SPLIT_METRICS = "metrics_AB.json"
+
+
+def evaluate_on_split(run: Run, root: Path, batch_size: int = 8) -> Path | None:
+    """Score a run trained with masks for **all** classes (the oracle) on the experiment's
+    A/B split.
+
+    Its own ``metrics.json`` has no B (every class was a mask class), so the final checkpoint
+    is evaluated again with A = ``root/mask_classes_A.txt``; the result goes to
+    ``RUN/metrics_AB.json``, which :func:`read_run` then prefers. Returns that path, or None
+    when the run has no final checkpoint or no split file is there.
+    """
+    from types import SimpleNamespace
+
+    from maskx.training.checkpoint import load_model_from_checkpoint
+    from maskx.training.data import CocoDataset, build_data_loader
+    from maskx.training.evaluation import evaluate, write_metrics_json
+
+    ckpt_path = run.folder / "checkpoints" / "model_final.pt"
+    split_file = root / "mask_classes_A.txt"
+    if not ckpt_path.is_file() or not split_file.is_file():
+        return None
+    model, vocab, ckpt = load_model_from_checkpoint(ckpt_path)
+    a_names = set(split_file.read_text(encoding="utf-8").split())
+    unknown = sorted(a_names - set(vocab.names))
+    if unknown:
+        raise ValueError(f"{split_file}: classes {unknown[:5]} are not in {ckpt_path}'s vocabulary")
+    split = SimpleNamespace(
+        names=list(vocab.names),
+        mask_classes=[n in a_names for n in vocab.names],
+        source_ids=list(vocab.source_ids),
+    )
+    data = ckpt["train_config"]["data"]
+    ann = root / data["val_annotations"]
+    images = root / data["val_images"]
+    dataset = CocoDataset(ann, images, vocab=vocab)
+    loader = build_data_loader(dataset, batch_size, workers=0, shuffle=False)
+    metrics = evaluate(model, loader, dataset.coco, split, progress=False)
+    return write_metrics_json({"step": ckpt["step"], **metrics}, run.folder / SPLIT_METRICS)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -555,6 +597,14 @@ def main(args: argparse.Namespace) -> int:
     if args.train:
         failed = execute(runs, args.config, args.jobs, args.threads)
 
+    for r in runs:
+        if (
+            r.done
+            and "data.mask_classes=all" in r.overrides
+            and not (r.folder / SPLIT_METRICS).is_file()
+        ):
+            print(f"  {r.variant}/seed{r.seed}: scoring on the A/B split ...", flush=True)
+            evaluate_on_split(r, root)
     rows = [row for r in runs if (row := read_run(r)) is not None]
     if args.diagnose:
         for r, row in zip([r for r in runs if r.done], rows, strict=True):

@@ -144,6 +144,14 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert all(0.0 <= x <= 1.0 for d in diag.values() for x in d.values())
     assert "w_seg" in by_variant["oracle"]["nearest_a_class"]
     assert "nearest_a_class" not in by_variant["agnostic"]
+    # The oracle trained with masks for all classes is scored on the experiment's A/B split.
+    split = json.loads((out / "oracle" / "seed0" / "metrics_AB.json").read_text())
+    assert split["segm"]["B"]["AP"] is not None
+    assert by_variant["oracle"]["mask_AP_B"] is not None
+    assert (
+        json.loads((out / "oracle" / "seed0" / "metrics.json").read_text())["segm"]["B"]["AP"]
+        is None
+    )
 
     # Second call: every run is done, nothing retrains (metrics untouched), results regathered.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/metrics.json")}
