@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
         eager_reference,
         export_model,
         pad_batch,
+        verification_images,
     )
 
     if args.random_r50:
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         from maskx.training.checkpoint import CheckpointError, load_model_from_checkpoint
 
         try:
-            model, _, _ = load_model_from_checkpoint(args.checkpoint)
+            model, _, ckpt = load_model_from_checkpoint(args.checkpoint)
         except CheckpointError as exc:
             print(f"maskx bench export: {exc} (build one with `make demo-model`)")
             return 2
@@ -74,10 +75,10 @@ def main(args: argparse.Namespace) -> int:
 
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g) for _ in range(3)]
-    # Smooth the noise so that images look like scenes with regions, not static.
-    images = [
-        torch.nn.functional.avg_pool2d(i[None].float(), 9, 1, 4)[0].to(torch.uint8) for i in images
-    ]
+    if not args.random_r50:
+        real = verification_images(model, train_config=ckpt.get("train_config"))
+        if real is not None:  # the checkpoint's own validation images, where they are here
+            images = real
     with tempfile.TemporaryDirectory() as tmp:
         from maskx.training.data.vocab import ClassVocabulary
 

@@ -22,12 +22,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="compare ONNX Runtime with eager PyTorch and fail on a mismatch (default: on)",
     )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        help="two images to verify on (default: the checkpoint's validation images, if present)",
+    )
     parser.add_argument("--box-rtol", type=float, default=1e-3)
     parser.add_argument("--mask-atol", type=float, default=1e-3)
 
 
 def main(args: argparse.Namespace) -> int:
-    from maskx.export.onnx_export import ExportError, build_metadata, export_model, verify_export
+    from maskx.export.onnx_export import (
+        ExportError,
+        build_metadata,
+        export_model,
+        verification_images,
+        verify_export,
+    )
     from maskx.training.checkpoint import CheckpointError, file_sha256, load_model_from_checkpoint
 
     ckpt_path = Path(args.checkpoint)
@@ -53,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     if not args.verify:
         return 0
-    report = verify_export(model, out, box_rtol=args.box_rtol, mask_atol=args.mask_atol)
+    images = verification_images(model, args.images, ckpt.get("train_config"))
+    report = verify_export(model, out, images, box_rtol=args.box_rtol, mask_atol=args.mask_atol)
     print(report.table())
     if not report.passed:
         print("maskx export: verification FAILED (the model was written; see the table)",

@@ -241,6 +241,46 @@ def _split(outputs: list[np.ndarray], n_images: int) -> list[dict[str, np.ndarra
     ]  # fmt: skip
 
 
+def verification_images(
+    model: MaskXRCNN, paths: list[str | os.PathLike] | None = None, train_config: dict | None = None
+) -> list[torch.Tensor] | None:
+    """Two uint8 images at the model's scale and of different shapes, for :func:`verify_export`.
+
+    From ``paths``, else from the validation images named in the checkpoint's training config
+    (when that folder exists here); None when neither gives two images. The first is resized
+    to the model's scale, the second also cropped 32 rows shorter, so that the two differ in
+    shape and the model keeps both as they are.
+    """
+    from PIL import Image
+
+    files: list[Path] = [Path(p) for p in paths or []]
+    if not files and train_config:
+        data = train_config.get("data", {})
+        folder = data.get("val_images")
+        if folder:
+            root = data.get("root")
+            folder_path = (
+                Path(root) / folder if root and not Path(folder).is_absolute() else Path(folder)
+            )
+            if folder_path.is_dir():
+                files = sorted(p for p in folder_path.rglob("*") if p.suffix.lower() in
+                               (".png", ".jpg", ".jpeg"))[:2]  # fmt: skip
+    if len(files) < 2:
+        return None
+    t = model.transform
+    out = []
+    for f in files[:2]:
+        try:
+            rgb = np.array(Image.open(f).convert("RGB"))
+        except OSError as exc:
+            raise ExportError(f"verification image {str(f)!r} cannot be read: {exc}") from exc
+        out.append(
+            letterbox(torch.from_numpy(rgb).permute(2, 0, 1), int(t.min_size[-1]), int(t.max_size))
+        )
+    out[1] = out[1][:, : max(out[1].shape[1] - 32, 32)].contiguous()
+    return out
+
+
 def verify_export(
     model: MaskXRCNN,
     onnx_path: str | os.PathLike,
@@ -262,9 +302,11 @@ def verify_export(
     if images is None:
         g = torch.Generator().manual_seed(1)
         lo, hi = int(t.min_size[-1]), int(t.max_size)
+        # Two shapes the model keeps as they are (scale exactly 1): short side at min_size,
+        # and a long side at max_size with a shorter short side.
         images = [
             torch.randint(0, 256, (3, lo, min(hi, lo + 64)), dtype=torch.uint8, generator=g),
-            torch.randint(0, 256, (3, min(hi, lo + 32), lo), dtype=torch.uint8, generator=g),
+            torch.randint(0, 256, (3, max(lo - 32, 32), hi), dtype=torch.uint8, generator=g),
         ]
     grey = torch.full((3, int(t.min_size[-1]), int(t.min_size[-1])), 128, dtype=torch.uint8)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
