@@ -628,6 +628,11 @@ def run_eval(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
             parallel=2 if args.quick else 1,
         )  # fmt: skip
         for name, v in variants.items():
+            if memory[name]["detections"] != args.detections:
+                raise RuntimeError(
+                    f"{name}: the memory subprocess got {memory[name]['detections']} detections "
+                    f"instead of {args.detections}"
+                )
             v["memory"] = memory[name]
     return {name: {**v, "config": v["config"].to_dict()} for name, v in variants.items()}
 
