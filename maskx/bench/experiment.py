@@ -122,6 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only gather results of the runs already finished")  # fmt: skip
     parser.add_argument("--no-diagnose", dest="diagnose", action="store_false",
                         help="skip the check of what the trained class vectors encode")  # fmt: skip
+    parser.add_argument("--probe-shape-kernels", action="store_true",
+                        help="also score transfer runs with each B class given the τ kernel of "
+                             "the A class of its shape (one more evaluation per run)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="results file (default OUT/results.json)")
     parser.add_argument("--chart", type=Path,
                         help="bar chart PNG (default OUT/experiment_mask_ap.png)")  # fmt: skip
@@ -366,6 +369,50 @@ def evaluate_on_split(run: Run, root: Path, batch_size: int = 8) -> Path | None:
     return write_metrics_json({"step": ckpt["step"], **metrics}, run.folder / SPLIT_METRICS)
 
 
+def evaluate_with_same_shape_kernels(run: Run, root: Path, batch_size: int = 8) -> Path | None:
+    """Probe: score a transfer run with each B class's mask kernel replaced by τ(w_det) of the
+    A class of the same canonical shape (every B class has one).
+
+    If B improves, τ(w_det) of B classes is what fails (w_det does not carry the shape); if
+    not, a shape-correct kernel does not help this head. Writes ``RUN/metrics_probe_shape.json``
+    and returns its path; None when the run has no final checkpoint.
+    """
+    import torch
+
+    from maskx.training.checkpoint import load_model_from_checkpoint
+    from maskx.training.data import CocoDataset, build_data_loader
+    from maskx.training.evaluation import evaluate, write_metrics_json
+
+    ckpt_path = run.folder / "checkpoints" / "model_final.pt"
+    if not ckpt_path.is_file():
+        return None
+    model, vocab, ckpt = load_model_from_checkpoint(ckpt_path)
+    predictor = model.roi_heads.mask_predictor
+    if not hasattr(predictor, "all_class_kernels"):
+        raise ValueError(f"{ckpt_path}: not a weight-transfer model")
+    names = list(vocab.names)
+    shapes = class_attributes(root, names)["shape"]
+    in_a = list(vocab.mask_classes)
+    a_of_shape = {shapes[i]: i for i in range(len(names)) if in_a[i]}
+    # remap[label] = the label whose τ kernel serves it (labels are 1..K; 0 is background).
+    remap = torch.arange(len(names) + 1)
+    for i in range(len(names)):
+        if not in_a[i] and shapes[i] in a_of_shape:
+            remap[i + 1] = a_of_shape[shapes[i]] + 1
+    original = predictor.class_kernels
+
+    def class_kernels(labels: Any, box_predictor: Any) -> Any:
+        return original(remap.to(labels.device)[labels], box_predictor)
+
+    predictor.class_kernels = class_kernels  # this model instance only
+    data = ckpt["train_config"]["data"]
+    dataset = CocoDataset(root / data["val_annotations"], root / data["val_images"], vocab=vocab)
+    loader = build_data_loader(dataset, batch_size, workers=0, shuffle=False)
+    metrics = evaluate(model, loader, dataset.coco, vocab, progress=False)
+    out = run.folder / "metrics_probe_shape.json"
+    return write_metrics_json({"step": ckpt["step"], **metrics}, out)
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -606,6 +653,18 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {r.variant}/seed{r.seed}: scoring on the A/B split ...", flush=True)
             evaluate_on_split(r, root)
     rows = [row for r in runs if (row := read_run(r)) is not None]
+    if args.probe_shape_kernels:
+        for r, row in zip([r for r in runs if r.done], rows, strict=True):
+            if r.variant.startswith("transfer"):
+                print(f"  {r.variant}/seed{r.seed}: probe with same-shape A kernels ...")
+                path = evaluate_with_same_shape_kernels(r, root)
+                if path is not None:
+                    m = json.loads(path.read_text(encoding="utf-8"))
+                    row["probe_same_shape_kernels_mask_AP_B"] = round(
+                        100.0 * m["segm"]["B"]["AP"], 3
+                    )
+                    print(f"  {r.variant}/seed{r.seed}: mask AP B {row['mask_AP_B']} -> "
+                          f"{row['probe_same_shape_kernels_mask_AP_B']} with same-shape A kernels")  # fmt: skip
     if args.diagnose:
         for r, row in zip([r for r in runs if r.done], rows, strict=True):
             if r.variant != "agnostic" and r.variant != "agnostic_mlp":

@@ -156,11 +156,20 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     # Second call: every run is done, nothing retrains (metrics untouched), results regathered.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed0/metrics.json")}
     assert len(stamps) == 6
-    assert experiment.main(parse([*argv, "--no-diagnose"])) == 0
+    assert experiment.main(parse([*argv, "--no-diagnose", "--probe-shape-kernels"])) == 0
     assert printed.count("training ...") == 6
     again = capsys.readouterr().out
     assert again.count("done, skipped") == 6 and "training ..." not in again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # The probe swaps only B kernels: A's mask AP is the run's own.
+    probed = json.loads((out / "results.json").read_text())["runs"]
+    for row in probed:
+        probe = Path(row["folder"]) / "metrics_probe_shape.json"
+        assert probe.is_file() == row["variant"].startswith("transfer"), row["variant"]
+        if probe.is_file():
+            a_ap = json.loads(probe.read_text())["segm"]["A"]["AP"]
+            assert 100 * a_ap == pytest.approx(row["mask_AP_A"], abs=1e-3)
+            assert "probe_same_shape_kernels_mask_AP_B" in row
 
     # Same folder, another budget: refused instead of mixing budgets in one table.
     assert experiment.main(parse([*argv, "--steps", "3", "--no-diagnose"])) == 2
