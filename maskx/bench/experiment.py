@@ -620,14 +620,12 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     out: Path = args.out or Path(f"artifacts/experiment/{'quick' if args.quick else 'full'}")
-    root = args.data_root or ensure_dataset(out / "data", data)
-    if not (root / "dataset.json").is_file() and not (root / "annotations").is_dir():
-        print(f"maskx bench experiment: --data-root {root} holds no synthetic set "
-              "(no dataset.json / annotations/)", file=sys.stderr)  # fmt: skip
-        return 2
-    common = [f"data.root={root}", *budget_overrides(steps, batch_size), *args.overrides]
-    runs = plan_runs(out, args.variants, seeds, common)
     try:  # misconfiguration fails here, before hours of training
+        root = args.data_root or ensure_dataset(out / "data", data)
+        if not (root / "annotations").is_dir():
+            raise ValueError(f"--data-root {root} holds no synthetic set (no annotations/)")
+        common = [f"data.root={root}", *budget_overrides(steps, batch_size), *args.overrides]
+        runs = plan_runs(out, args.variants, seeds, common)
         base = load_config(args.config, list(runs[0].overrides))
         for r in runs:
             check_finished_run(r, load_config(args.config, list(r.overrides)).to_dict())

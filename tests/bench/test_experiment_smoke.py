@@ -105,6 +105,15 @@ def test_dataset_with_other_parameters_is_refused(tmp_path: Path) -> None:
         )
 
 
+def test_bad_data_root_and_steps_fail_with_a_message(tmp_path: Path, capsys) -> None:
+    assert experiment.main(parse(["--out", str(tmp_path), "--data-root", str(tmp_path)])) == 2
+    assert "holds no synthetic set" in capsys.readouterr().err
+    (tmp_path / "annotations").mkdir()
+    argv = ["--out", str(tmp_path), "--data-root", str(tmp_path), "--steps", "0"]
+    assert experiment.main(parse(argv)) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+
+
 def test_module_imports_nothing_heavy() -> None:
     code = ("import sys, maskx.bench.experiment; "
             "heavy = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
