@@ -31,6 +31,7 @@ def test_quick_run_prints_ratios_and_writes_json(tmp_path: Path, capsys) -> None
     for name, v in result["eval"].items():
         assert v["detections"] == 100, name
         assert v["latency_s"] > 0 and len(v["latency_runs_s"]) == 2
+        assert v["cpu_s"] > 0 and v["roi_heads_s"] > 0
         if sys.platform.startswith("linux"):
             assert v["memory"]["method"] == "VmHWM after clear_refs"
             assert v["memory"]["peak_increase_mb"] > 1, v["memory"]  # a forward allocates
@@ -54,6 +55,7 @@ def test_quick_run_prints_ratios_and_writes_json(tmp_path: Path, capsys) -> None
         "transfer latency K=3000/K=80",
         "transfer+mlp peak RSS K=3000/K=80",
         "train step Mask^X/torchvision",
+        "transfer CPU time K=3000/K=80",
     }
     assert result["ratios"]["transfer mask-branch max K=3000/K=80"] == 1.0
     text = capsys.readouterr().out
@@ -63,9 +65,11 @@ def test_quick_run_prints_ratios_and_writes_json(tmp_path: Path, capsys) -> None
 def test_interleaved_times_alternates_cases() -> None:
     calls: list[str] = []
     cases = {name: (lambda name=name: calls.append(name)) for name in "AB"}
-    times = heads.interleaved_times(cases, repeats=3, warmup=1)
+    cpu: dict[str, list[float]] = {}
+    times = heads.interleaved_times(cases, repeats=3, warmup=1, cpu_times=cpu)
     assert calls == ["A", "B"] * 4
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3}
+    assert {k: len(v) for k, v in cpu.items()} == {"A": 3, "B": 3}
 
 
 def test_largest_allocation_ignores_views_and_sees_new_tensors() -> None:
