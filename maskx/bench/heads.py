@@ -1,7 +1,7 @@
 """``maskx bench heads``: does the mask branch stay flat in K, and does Mask^X train as fast as
 plain Mask R-CNN?
 
-Two comparisons, each measured side by side in one run (interleaved A B A B …, so that load from
+Two comparisons, each measured side by side in one run (interleaved and rotated, so that load from
 other processes hits every variant alike; medians after warm-up):
 
 * **Eval, K=3000 vs K=80** — the Mask^X model (``transfer``, ``cls+box``), MLP branch off and
@@ -291,8 +291,9 @@ def interleaved_times(
     sync: Callable[[], None] | None = None,
     cpu_times: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Run every case ``warmup`` times, then ``repeats`` rounds of one run each, in the order
-    A B C A B C …; return the wall-clock seconds of each timed run per case.
+    """Run every case ``warmup`` times, then ``repeats`` rounds of one run each, interleaved and
+    rotated (A B C, B C A, C A B, …: a load that recurs once per round must not always hit the
+    same case); return the wall-clock seconds of each timed run per case.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called before and after each timed run so that
     asynchronous devices are measured to completion. ``cpu_times``, when given, receives the
@@ -303,8 +304,10 @@ def interleaved_times(
         for fn in cases.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
+    names = list(cases)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = cases[name]
             if sync is not None:
                 sync()
             t0, c0 = time.perf_counter(), time.process_time()

@@ -67,7 +67,8 @@ def test_interleaved_times_alternates_cases() -> None:
     cases = {name: (lambda name=name: calls.append(name)) for name in "AB"}
     cpu: dict[str, list[float]] = {}
     times = heads.interleaved_times(cases, repeats=3, warmup=1, cpu_times=cpu)
-    assert calls == ["A", "B"] * 4
+    # warm-up A B, then rounds A B, B A, A B
+    assert calls == ["A", "B", "A", "B", "B", "A", "A", "B"]
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3}
     assert {k: len(v) for k, v in cpu.items()} == {"A": 3, "B": 3}
 
