@@ -56,7 +56,7 @@ demo-model: $(DEMO_MODEL)
 $(DEMO_MODEL): | $(STAMP)
 	$(BIN)/maskx synth --out $(DEMO_DIR)/synth --classes 100 --images 1200 --val-images 200 --seed 0 --overwrite
 	$(BIN)/maskx train --config configs/tiny_synth.yaml --out $(DEMO_DIR)/run --set data.root=$(DEMO_DIR)/synth
-	$(BIN)/maskx export --checkpoint $(DEMO_DIR)/run/checkpoints/model_final.pt --output $(DEMO_MODEL)
+	$(BIN)/maskx export --checkpoint $(DEMO_DIR)/run/checkpoints/model_final.pt --output $(DEMO_MODEL) --name maskx-demo
 
 ## demo: build the demo model if needed, then serve it at http://$(HOST):$(PORT)
 demo: $(DEMO_MODEL)
