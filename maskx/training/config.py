@@ -124,8 +124,6 @@ class TrainConfig:
             raise ConfigError(f"solver.steps must be increasing, got {list(s.steps)}")
         if not 0.0 <= self.train.hflip_prob <= 1.0:
             raise ConfigError(f"train.hflip_prob must be in [0, 1], got {self.train.hflip_prob}")
-        if self.train.scheme == "stage2" and self.model.mask_predictor is None:
-            raise ConfigError("stage2 trains the mask branch: model.mask_predictor is required")
 
     def to_dict(self) -> dict[str, Any]:
         return {
