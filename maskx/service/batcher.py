@@ -3,7 +3,8 @@
 A single worker task takes the oldest waiting request, then keeps taking requests until it holds
 ``max_batch_size`` of them or ``max_batch_delay_s`` has passed since the first, drops those whose
 deadline has already passed, and runs the batch in a dedicated inference thread so the event loop
-stays free. A full queue refuses at once (``queue_full`` → 429 with ``Retry-After``) instead of
+stays free. The delay is only spent while more requests are on their way (``arriving``: admitted
+and still decoding): a lone request is never held back for company that is not coming. A full queue refuses at once (``queue_full`` → 429 with ``Retry-After``) instead of
 letting latency grow without bound.
 """
 
@@ -24,6 +25,7 @@ from maskx.service.runtime import RawDetections
 log = logging.getLogger("maskx.service")
 
 InferFn = Callable[[Sequence[PreparedImage]], list[RawDetections]]
+ArrivingFn = Callable[[], int]
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Batcher:
         max_batch_delay_s: float,
         queue_size: int,
         metrics: ServiceMetrics | None = None,
+        arriving: ArrivingFn | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_batch_delay_s < 0:
             raise ValueError(
@@ -66,6 +69,8 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.queue_size = queue_size
         self.metrics = metrics
+        # Requests that will be submitted soon; without it, always wait the whole delay.
+        self._arriving = arriving
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="maskx-infer")
         self._worker: asyncio.Task[None] | None = None
@@ -112,7 +117,8 @@ class Batcher:
         return job.future
 
     async def _next_batch(self) -> tuple[list[_Job], bool]:
-        """Wait for the first job, then fill the batch until full or the delay has passed."""
+        """Wait for the first job, then fill the batch until it is full, the delay has passed,
+        or the queue is empty with nothing on its way."""
         first = await self._queue.get()
         if first is None:
             return [], True
@@ -124,7 +130,7 @@ class Batcher:
                 job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = fill_until - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or (self._arriving is not None and self._arriving() <= 0):
                     break
                 try:
                     job = await asyncio.wait_for(self._queue.get(), remaining)

@@ -43,10 +43,12 @@ class Engine:
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=metrics,
+            arriving=lambda: self.arriving,
         )
         self.ready = False
         self.draining = False
         self.in_flight = 0
+        self.arriving = 0  # in segment(), not yet in the batch queue: worth waiting for
         self.warmup_error: str | None = None
         self._warmup_task: asyncio.Task[None] | None = None
         metrics.set_model(self.info.name, self.info.version, runtime.provider)
@@ -77,11 +79,12 @@ class Engine:
         self.ready = True
 
     def begin_drain(self) -> None:
-        """Stop taking work: /readyz and new /segment requests answer 503; queued work runs."""
+        """Stop taking work: /readyz and new /segment requests answer 503. Requests already
+        admitted (reading their body, decoding, queued, running) still finish: the batcher
+        closes only in :meth:`stop`, once the server has seen ``idle``."""
         if not self.draining:
             log.info("draining: %d requests in flight", self.in_flight)
         self.draining = True
-        self.batcher.close()
 
     @property
     def idle(self) -> bool:
@@ -112,11 +115,18 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
     async def segment(self, data: bytes, params: SegmentParams, deadline: float) -> SegmentResult:
-        """Segment one image; ``deadline`` is an event-loop time (``loop.time()``)."""
+        """Segment one image; ``deadline`` is an event-loop time (``loop.time()``).
+
+        The caller admits the request (:meth:`check_available`, ``in_flight``) before reading
+        its body; a drain that starts after that lets it finish.
+        """
         loop = asyncio.get_running_loop()
-        self.check_available()
         t0 = time.perf_counter()
-        image = await self._in_pool(self.pipeline.prepare, data)
+        self.arriving += 1
+        try:
+            image = await self._in_pool(self.pipeline.prepare, data)
+        finally:
+            self.arriving -= 1
         decode_s = time.perf_counter() - t0
         self.metrics.preprocess.observe(decode_s)
         remaining = deadline - loop.time()

@@ -18,7 +18,7 @@ def image(h: int = 64, w: int = 96) -> PreparedImage:
     return PreparedImage(pixels=np.zeros((3, h, w), np.uint8), height=h * 2, width=w * 2)
 
 
-def make(rt: FakeRuntime, **kw: float) -> Batcher:
+def make(rt: FakeRuntime, **kw: object) -> Batcher:
     args = {"max_batch_size": 4, "max_batch_delay_s": 0.05, "queue_size": 16} | kw
     return Batcher(lambda imgs: infer_batch(rt, imgs), **args)  # type: ignore[arg-type]
 
@@ -60,6 +60,44 @@ def test_lone_request_waits_at_most_the_batch_delay() -> None:
 
     assert asyncio.run(scenario()) < 0.5
     assert rt.calls == [1]
+
+
+def test_lone_request_is_not_held_back_when_nothing_is_arriving() -> None:
+    rt = FakeRuntime()
+
+    async def scenario() -> float:
+        b = make(rt, max_batch_delay_s=2.0, arriving=lambda: 0)
+        b.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await b.submit(image(), t0 + 5)
+        elapsed = loop.time() - t0
+        await b.drain()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 1.0  # a batcher that always waits takes 2 s
+    assert rt.calls == [1]
+
+
+def test_batch_waits_for_a_request_that_is_on_its_way() -> None:
+    rt = FakeRuntime()
+    arriving = [1]
+
+    async def scenario() -> None:
+        b = make(rt, max_batch_delay_s=2.0, arriving=lambda: arriving[0])
+        b.start()
+        loop = asyncio.get_running_loop()
+        first = b.submit(image(), loop.time() + 5)
+        await asyncio.sleep(0.1)  # the second request is still decoding
+        arriving[0] = 0
+        second = b.submit(image(), loop.time() + 5)
+        t0 = loop.time()
+        await asyncio.gather(first, second)
+        assert loop.time() - t0 < 1.0  # the batch ran as soon as it arrived, not at 2 s
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert rt.calls == [2]
 
 
 def test_full_queue_refuses_at_once_with_retry_after() -> None:

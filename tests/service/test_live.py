@@ -6,6 +6,7 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -167,3 +168,40 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(settings: Settin
     assert refused.headers["retry-after"]
     assert not_ready.status_code == 503
     assert results["first"].status_code == 200
+
+
+def test_a_request_admitted_before_sigterm_is_served_while_its_body_still_arrives(
+    settings: Settings,
+) -> None:
+    # Drain stops admitting requests; one already admitted (here: still uploading its body
+    # when SIGTERM comes) must still get its answer, not a 503 after the fact.
+    app = create_app(settings, runtime=FakeRuntime())
+    data = make_image(64, 48)
+    rest_of_body = threading.Event()
+    results: dict[str, httpx.Response] = {}
+
+    def body() -> Iterator[bytes]:
+        yield data[:100]
+        rest_of_body.wait(10)
+        yield data[100:]
+
+    with LiveServer(app) as live:
+        live.wait_ready()
+
+        def slow_upload() -> None:
+            results["first"] = httpx.post(live.url + "/segment", content=body(), headers=JPEG)
+
+        worker = threading.Thread(target=slow_upload)
+        worker.start()
+        until = time.monotonic() + 5
+        while app.state.engine.in_flight == 0:
+            assert time.monotonic() < until
+            time.sleep(0.01)
+        live.server.handle_exit(signal.SIGTERM, None)
+        refused = httpx.post(live.url + "/segment", content=data, headers=JPEG)
+        rest_of_body.set()
+        worker.join(10)
+        live._thread.join(10)
+        assert not live._thread.is_alive(), "server did not stop after draining"
+    assert refused.status_code == 503
+    assert results["first"].status_code == 200, results["first"].text
