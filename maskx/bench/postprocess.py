@@ -59,9 +59,9 @@ def main(args: argparse.Namespace) -> int:
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from maskx.service.postprocess import (
-        encode_region,
+        encode_regions,
         expand_boxes_for_paste,
-        paste_mask_box_local,
+        paste_masks_box_local,
     )
 
     h, w, thr = args.height, args.width, args.mask_threshold
@@ -69,11 +69,7 @@ def main(args: argparse.Namespace) -> int:
 
     def ours() -> list[str]:
         int_boxes = expand_boxes_for_paste(boxes, probs.shape[-1])
-        out = []
-        for k in range(len(boxes)):
-            x0, y0, region = paste_mask_box_local(probs[k], int_boxes[k], h, w, thr)
-            out.append(encode_region(region, x0, y0, h, w)["counts"])
-        return out
+        return encode_regions(paste_masks_box_local(probs, int_boxes, h, w, thr), h, w)
 
     def torchvision_side() -> list[str]:
         with torch.inference_mode():

@@ -10,6 +10,7 @@ image size is ever allocated per detection.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,9 @@ import numpy as np
 
 from maskx.service.runtime import ModelInfo, RawDetections
 
-_MAX_CHUNKS = 12  # 5-bit chunks per RLE count; enough for any count below 2**59
+# |value| bounds of a compressed-RLE count written in 1, 2, ... 5-bit chunks (signed, 5 bits
+# each, the top one's high bit saying "more follows"): k chunks hold -2**(5k-1) <= v < 2**(5k-1).
+_CHUNK_LIMITS = np.array([2 ** (5 * k - 1) - 1 for k in range(1, 13)], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -78,114 +81,188 @@ def expand_boxes_for_paste(boxes: np.ndarray, mask_size: int, padding: int = 1) 
     return np.trunc(expanded).astype(np.int64)
 
 
-def _bilinear_matrix(out_len: int, in_len: int, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of the ``[out_len, in_len]`` bilinear resize matrix.
+def _bilinear_rows(
+    out_lens: np.ndarray, in_len: int, starts: np.ndarray, stops: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``starts[k]:stops[k]`` of the ``[out_lens[k], in_len]`` bilinear resize matrix of
+    every k, stacked: returns the ``[sum(stops - starts), in_len]`` float32 weights and each
+    k's first row.
 
     Same sampling as ``F.interpolate(mode="bilinear", align_corners=False)`` with an explicit
     output size: ``src = (dst + 0.5) * in/out - 0.5``, clamped at 0, neighbours clamped at the
     last input index.
     """
-    dst = np.arange(start, stop, dtype=np.float32)
-    src = np.maximum((dst + np.float32(0.5)) * np.float32(in_len / out_len) - np.float32(0.5), 0)
+    n_rows = stops - starts
+    first = _exclusive_cumsum(n_rows)
+    owner = np.repeat(np.arange(len(n_rows)), n_rows)
+    dst = (np.arange(int(n_rows.sum())) - first[owner] + starts[owner]).astype(np.float32)
+    scale = (in_len / out_lens).astype(np.float32)[owner]
+    src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), 0)
     i0 = src.astype(np.int64)
     i1 = np.minimum(i0 + 1, in_len - 1)
     lam1 = src - i0
-    weights = np.zeros((stop - start, in_len), dtype=np.float32)
-    rows = np.arange(stop - start)
+    weights = np.zeros((len(dst), in_len), dtype=np.float32)
+    rows = np.arange(len(dst))
     weights[rows, i0] = 1 - lam1
     weights[rows, i1] += lam1  # i1 == i0 at the last input index: the weights sum to 1
-    return weights
+    return weights, first
+
+
+def paste_masks_box_local(
+    probs: np.ndarray, int_boxes: np.ndarray, im_h: int, im_w: int, threshold: float
+) -> list[tuple[int, int, np.ndarray]]:
+    """Paste each mask inside its own box only.
+
+    ``probs`` float32 ``[N, M, M]``; ``int_boxes`` int64 ``[N, 4]`` from
+    :func:`expand_boxes_for_paste`. Returns one ``(x0, y0, region)`` per mask: ``region`` is
+    bool ``[y1 - y0, x1 - x0]``, the thresholded (``>= threshold``) mask over the box clipped to
+    the ``im_h`` × ``im_w`` image, placed at column ``x0``, row ``y0``; it equals the same
+    window of torchvision's full-image paste. The resize matrices of all masks are built in
+    one go; each mask then costs two small matrix products.
+    """
+    n, m = len(probs), probs.shape[-1]
+    if n == 0:
+        return []
+    padded = np.zeros((n, m + 2, m + 2), dtype=np.float32)
+    padded[:, 1:-1, 1:-1] = probs
+    bx0, by0, bx1, by1 = np.asarray(int_boxes, dtype=np.int64).reshape(n, 4).T
+    w = np.maximum(bx1 - bx0 + 1, 1)
+    h = np.maximum(by1 - by0 + 1, 1)
+    x0, x1 = np.maximum(bx0, 0), np.minimum(bx1 + 1, im_w)
+    y0, y1 = np.maximum(by0, 0), np.minimum(by1 + 1, im_h)
+    empty = (x1 <= x0) | (y1 <= y0)
+    x1, y1 = np.where(empty, x0, x1), np.where(empty, y0, y1)  # no rows for empty windows
+    wy, y_first = _bilinear_rows(h, m + 2, y0 - by0, y1 - by0)
+    wx, x_first = _bilinear_rows(w, m + 2, x0 - bx0, x1 - bx0)
+    thr = np.float32(threshold)
+    out = []
+    for k, (ox, oy, rows, cols) in enumerate(
+        zip(x0.tolist(), y0.tolist(), (y1 - y0).tolist(), (x1 - x0).tolist(), strict=True)
+    ):
+        if rows == 0:
+            out.append((ox, oy, np.zeros((0, 0), dtype=bool)))
+            continue
+        a, b = y_first[k], x_first[k]
+        region = (wy[a : a + rows] @ padded[k]) @ wx[b : b + cols].T
+        out.append((ox, oy, region >= thr))
+    return out
 
 
 def paste_mask_box_local(
     probs: np.ndarray, int_box: np.ndarray, im_h: int, im_w: int, threshold: float
 ) -> tuple[int, int, np.ndarray]:
-    """Paste one mask inside its box only.
-
-    ``probs`` float32 ``[M, M]``; ``int_box`` int64 ``[4]`` from :func:`expand_boxes_for_paste`.
-    Returns ``(x0, y0, region)``: ``region`` is bool ``[y1 - y0, x1 - x0]``, the thresholded
-    (``>= threshold``) mask over the box clipped to the ``im_h`` × ``im_w`` image, placed at
-    column ``x0``, row ``y0``. Equals the same window of torchvision's full-image paste.
-    """
-    m = probs.shape[-1]
-    padded = np.zeros((m + 2, m + 2), dtype=np.float32)
-    padded[1:-1, 1:-1] = probs
-    bx0, by0, bx1, by1 = (int(v) for v in int_box)
-    w = max(bx1 - bx0 + 1, 1)
-    h = max(by1 - by0 + 1, 1)
-    x0, x1 = max(bx0, 0), min(bx1 + 1, im_w)
-    y0, y1 = max(by0, 0), min(by1 + 1, im_h)
-    if x1 <= x0 or y1 <= y0:
-        return max(x0, 0), max(y0, 0), np.zeros((0, 0), dtype=bool)
-    wy = _bilinear_matrix(h, m + 2, y0 - by0, y1 - by0)
-    wx = _bilinear_matrix(w, m + 2, x0 - bx0, x1 - bx0)
-    region = (wy @ padded) @ wx.T
-    return x0, y0, region >= np.float32(threshold)
-
-
-def rle_counts_from_region(
-    region: np.ndarray, x0: int, y0: int, im_h: int, im_w: int
-) -> np.ndarray:
-    """Uncompressed COCO RLE counts (int64) of the full ``im_h`` × ``im_w`` mask that is
-    ``region`` (bool ``[h, w]``) at column ``x0``, row ``y0`` and zero elsewhere.
-
-    Counts alternate zeros/ones in column-major order and start with zeros (possibly 0), as
-    pycocotools writes them.
-    """
-    total = im_h * im_w
-    h, w = region.shape
-    if region.size == 0 or not region.any():
-        return np.array([total], dtype=np.int64)
-    # One False guard above and below every column so that no run crosses a column here;
-    # runs that do continue across columns in the full image are merged below.
-    cols = np.zeros((w, h + 2), dtype=np.int8)
-    cols[:, 1:-1] = region.T
-    change = np.diff(cols.ravel())
-    starts = np.flatnonzero(change == 1) + 1
-    ends = np.flatnonzero(change == -1) + 1
-
-    def to_full(index: np.ndarray) -> np.ndarray:
-        col, row = np.divmod(index, h + 2)
-        return (x0 + col) * im_h + (y0 + row - 1)
-
-    starts, ends = to_full(starts), to_full(ends)
-    keep = ends[:-1] != starts[1:]
-    starts = np.concatenate([starts[:1], starts[1:][keep]])
-    ends = np.concatenate([ends[:-1][keep], ends[-1:]])
-    bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)
-    bounds[0] = 0
-    bounds[1:-1:2] = starts
-    bounds[2:-1:2] = ends
-    bounds[-1] = total
-    counts = np.diff(bounds)
-    if counts[-1] == 0:
-        counts = counts[:-1]
-    return counts
+    """:func:`paste_masks_box_local` of one mask (``probs`` ``[M, M]``, ``int_box`` ``[4]``)."""
+    return paste_masks_box_local(probs[None], np.asarray(int_box)[None], im_h, im_w, threshold)[0]
 
 
 def rle_to_string(counts: np.ndarray) -> str:
-    """COCO's compressed RLE string (``rleToString`` in pycocotools' maskApi.c), vectorised.
-
-    Each count from the fourth on is stored as the difference to the count two before it,
-    then written as little-endian 5-bit chunks with a continuation bit, offset by 48.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    x = counts.copy()
-    x[3:] -= counts[1:-2]
-    shifts = 5 * np.arange(_MAX_CHUNKS, dtype=np.int64)
-    chunks = (x[:, None] >> shifts) & 0x1F
-    rest = x[:, None] >> (shifts + 5)
-    more = np.where(chunks & 0x10, rest != -1, rest != 0)
-    n_chunks = np.argmin(more, axis=1) + 1
-    chars = chunks + 48 + 0x20 * more
-    used = np.arange(_MAX_CHUNKS) < n_chunks[:, None]
-    return chars[used].astype(np.uint8).tobytes().decode("ascii")
+    """COCO's compressed RLE string (``rleToString`` in pycocotools' maskApi.c) of one list of
+    uncompressed counts (zeros first, alternating, column-major)."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    return _rle_strings(counts, np.array([len(counts)], dtype=np.int64))[0]
 
 
 def encode_region(region: np.ndarray, x0: int, y0: int, im_h: int, im_w: int) -> dict[str, Any]:
     """COCO compressed RLE dict ``{"size": [h, w], "counts": str}`` of a box-local mask."""
-    counts = rle_counts_from_region(region, x0, y0, im_h, im_w)
-    return {"size": [im_h, im_w], "counts": rle_to_string(counts)}
+    (counts,) = encode_regions([(x0, y0, region)], im_h, im_w)
+    return {"size": [im_h, im_w], "counts": counts}
+
+
+def encode_regions(
+    regions: Sequence[tuple[int, int, np.ndarray]], im_h: int, im_w: int
+) -> list[str]:
+    """COCO compressed RLE strings of several box-local masks of one ``im_h`` × ``im_w`` image.
+
+    ``regions`` holds ``(x0, y0, region)`` with ``region`` bool ``[h_i, w_i]`` inside the image.
+    Each mask's counts alternate zeros/ones in column-major order and start with zeros (possibly
+    0), as pycocotools writes them. Every step after the copy of each region is one numpy call
+    over all masks together: with tens of detections, per-call overhead (not arithmetic) is
+    what a per-mask loop would pay for.
+    """
+    n = len(regions)
+    total = im_h * im_w
+    if n == 0:
+        return []
+    # Every region, transposed to column-major with a False guard above and below each column,
+    # laid end to end in one flat buffer. Guards make changes come in (start, end) pairs per
+    # column, so over the whole buffer as well.
+    heights = np.array([r.shape[0] for _, _, r in regions], dtype=np.int64) + 2
+    widths = np.array([r.shape[1] for _, _, r in regions], dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(heights * widths, out=offsets[1:])
+    flat = np.zeros(int(offsets[-1]), dtype=bool)
+    for k, (_, _, region) in enumerate(regions):
+        if region.size:
+            view = flat[offsets[k] : offsets[k + 1]].reshape(region.shape[1], region.shape[0] + 2)
+            view[:, 1:-1] = region.T
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts, lengths = change[0::2], change[1::2] - change[0::2]
+    owner = np.searchsorted(offsets, starts, side="right") - 1  # the mask of each run
+    col, row = np.divmod(starts - offsets[owner], heights[owner])
+    x0s = np.array([x for x, _, _ in regions], dtype=np.int64)
+    y0s = np.array([y for _, y, _ in regions], dtype=np.int64)
+    starts = (x0s[owner] + col) * im_h + (y0s[owner] + row - 1)  # full-image, column-major
+    ends = starts + lengths
+    # A run that reaches the bottom of a column goes on at the top of the next one in the
+    # full image: merge runs that touch, never across masks.
+    cut = np.ones(len(starts) + 1, dtype=bool)
+    cut[1:-1] = (ends[:-1] != starts[1:]) | (owner[:-1] != owner[1:])
+    owner, starts, ends = owner[cut[:-1]], starts[cut[:-1]], ends[cut[1:]]
+    # Per mask with r runs: bounds [0, s_1, e_1, ..., s_r, e_r, total], all masks end to end;
+    # their differences are the counts (zeros first, then alternating).
+    runs = np.bincount(owner, minlength=n)
+    run_index = np.arange(len(starts)) - _exclusive_cumsum(runs)[owner]
+    n_bounds = 2 * runs + 2
+    bound_offsets = _exclusive_cumsum(n_bounds)
+    bounds = np.empty(int(n_bounds.sum()), dtype=np.int64)
+    bounds[bound_offsets] = 0
+    bounds[bound_offsets + n_bounds - 1] = total
+    at = bound_offsets[owner] + 1 + 2 * run_index
+    bounds[at] = starts
+    bounds[at + 1] = ends
+    counts = np.diff(bounds)
+    between = np.ones(len(counts), dtype=bool)
+    between[bound_offsets[1:] - 1] = False  # the differences across two masks
+    counts = counts[between]
+    n_counts = 2 * runs + 1
+    last = _exclusive_cumsum(n_counts) + n_counts - 1
+    empty_tail = counts[last] == 0  # the mask reaches the last pixel: no trailing zeros run
+    keep = np.ones(len(counts), dtype=bool)
+    keep[last[empty_tail]] = False
+    return _rle_strings(counts[keep], n_counts - empty_tail)
+
+
+def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+    """``[0, v_0, v_0 + v_1, ...]`` without the grand total (int64)."""
+    out = np.zeros(len(values), dtype=np.int64)
+    np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+def _rle_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """Compressed RLE strings of concatenated count lists (``lengths[k]`` counts each, >= 1).
+
+    Each count from a list's fourth on is stored as the difference to the count two before it,
+    then written as little-endian 5-bit chunks with a continuation bit, offset by 48.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    starts = _exclusive_cumsum(lengths)
+    position = np.arange(len(counts)) - np.repeat(starts, lengths)
+    x = counts.copy()
+    delta = np.flatnonzero(position >= 3)
+    x[delta] -= counts[delta - 2]
+    # Chunks per value: the fewest 5-bit groups whose signed value holds it. Most values need
+    # one or two, so the characters are built per chunk actually written, not per possible one.
+    magnitude = np.where(x < 0, -x - 1, x)
+    n_chunks = np.searchsorted(_CHUNK_LIMITS, magnitude) + 1  # first limit >= magnitude
+    value = np.repeat(x, n_chunks)
+    chunk = np.arange(len(value)) - np.repeat(_exclusive_cumsum(n_chunks), n_chunks)
+    more = chunk < np.repeat(n_chunks - 1, n_chunks)
+    chars = ((value >> (5 * chunk)) & 0x1F) + 48 + 0x20 * more
+    text = chars.astype(np.uint8).tobytes().decode("ascii")
+    per_mask = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.add.reduceat(n_chunks, starts), out=per_mask[1:])  # every mask has a count
+    return [text[a:b] for a, b in zip(per_mask[:-1].tolist(), per_mask[1:].tolist(), strict=True)]
 
 
 def postprocess_detections(
@@ -223,21 +300,24 @@ def postprocess_detections(
     np.clip(boxes[:, 0::2], 0, im_w, out=boxes[:, 0::2])
     np.clip(boxes[:, 1::2], 0, im_h, out=boxes[:, 1::2])
     int_boxes = expand_boxes_for_paste(boxes, info.mask_resolution) if params.masks else None
-    out = []
-    for j, i in enumerate(index):
-        label = int(labels[j])
-        det = Detection(
-            box=tuple(float(v) for v in boxes[j]),  # type: ignore[arg-type]
-            score=float(raw.scores[i]),
+    scores = raw.scores[index].tolist()
+    out = [
+        Detection(
+            box=tuple(box),  # type: ignore[arg-type]
+            score=score,
             label=label,
             name=info.class_name(label),
             mask_source=info.mask_source(label),
         )
-        if int_boxes is not None:
-            x0, y0, region = paste_mask_box_local(
-                raw.mask_probs[i], int_boxes[j], im_h, im_w, params.mask_threshold
-            )
-            det.mask = encode_region(region, x0, y0, im_h, im_w)
+        for box, score, label in zip(boxes.tolist(), scores, labels.tolist(), strict=True)
+    ]
+    if int_boxes is not None:
+        regions = paste_masks_box_local(
+            raw.mask_probs[index], int_boxes, im_h, im_w, params.mask_threshold
+        )
+        for det, (x0, y0, region), counts in zip(
+            out, regions, encode_regions(regions, im_h, im_w), strict=True
+        ):
+            det.mask = {"size": [im_h, im_w], "counts": counts}
             det.mask_origin, det.mask_region = (x0, y0), region
-        out.append(det)
     return out

@@ -11,8 +11,10 @@ from pycocotools import mask as mask_utils
 from maskx.service.postprocess import (
     SegmentParams,
     encode_region,
+    encode_regions,
     expand_boxes_for_paste,
     paste_mask_box_local,
+    paste_masks_box_local,
     postprocess_detections,
     rle_to_string,
 )
@@ -41,6 +43,28 @@ def test_rle_matches_pycocotools_on_random_regions(seed: int) -> None:
         got = encode_region(region, x0, y0, h, w)
         assert got["size"] == [h, w]
         assert got["counts"] == coco_counts(full_mask(region, x0, y0, h, w))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rle_of_many_masks_at_once_matches_pycocotools(seed: int) -> None:
+    # Masks of one image encoded together: runs must never merge across two masks, empty and
+    # zero-sized regions sit between others, and some masks fill whole columns or reach the
+    # image's last pixel.
+    rng = np.random.default_rng(100 + seed)
+    h, w = (int(v) for v in rng.integers(5, 60, 2))
+    regions = []
+    for k in range(25):
+        rh, rw = int(rng.integers(0, h + 1)), int(rng.integers(0, w + 1))
+        y0, x0 = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+        if k % 7 == 3:
+            rh, rw, y0, x0 = h, w - x0, 0, x0  # whole columns, up to the last pixel
+        fill = [0.0, 0.05, 0.5, 0.97, 1.01][k % 5]
+        regions.append((x0, y0, rng.random((rh, rw)) < fill))
+    # Two masks whose runs touch in full-image order: the first ends where the second starts.
+    regions += [(1, 0, np.ones((2, 1), bool)), (1, 2, np.ones((3, 1), bool))]
+    expected = [coco_counts(full_mask(r, x0, y0, h, w)) for x0, y0, r in regions]
+    assert encode_regions(regions, h, w) == expected
+    assert encode_regions([], h, w) == []
 
 
 @pytest.mark.parametrize(
@@ -92,10 +116,13 @@ def test_paste_equals_torchvision_full_image_paste() -> None:
             torch.from_numpy(probs)[:, None], torch.from_numpy(boxes), (h, w)
         )[:, 0].numpy()
         int_boxes = expand_boxes_for_paste(boxes, 28)
-        for k in range(n):
-            x0, y0, region = paste_mask_box_local(probs[k], int_boxes[k], h, w, 0.5)
+        pasted = paste_masks_box_local(probs, int_boxes, h, w, 0.5)  # all masks in one call
+        assert len(pasted) == n
+        for k, (x0, y0, region) in enumerate(pasted):
             ours = full_mask(region, x0, y0, h, w)
             mismatched += int((ours != (ref[k] >= 0.5)).sum())
+        x0, y0, region = paste_mask_box_local(probs[0], int_boxes[0], h, w, 0.5)
+        mismatched += int((full_mask(region, x0, y0, h, w) != (ref[0] >= 0.5)).sum())
     # Same float32 arithmetic, same geometry: the pixels agree exactly.
     assert mismatched == 0
 
