@@ -8,6 +8,7 @@ Routes: ``POST /segment``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -193,7 +194,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         rt = runtime
         if rt is None:
             rt = await loop.run_in_executor(
-                None, load_runtime, settings.model_path, settings.provider_list
+                None,
+                functools.partial(
+                    load_runtime,
+                    settings.model_path,
+                    settings.provider_list,
+                    intra_op_threads=settings.intra_op_threads,
+                    spinning=settings.ort_spinning,
+                ),
             )
         engine = Engine(settings, rt, metrics)
         await engine.start()

@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, help="MASKX_QUEUE_SIZE")
     parser.add_argument("--request-timeout-s", type=float, help="MASKX_REQUEST_TIMEOUT_S")
     parser.add_argument("--worker-threads", type=int, help="MASKX_WORKER_THREADS")
+    parser.add_argument("--intra-op-threads", type=int, help="MASKX_INTRA_OP_THREADS")
+    parser.add_argument(
+        "--ort-spinning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="MASKX_ORT_SPINNING",
+    )
     parser.add_argument(
         "--no-warmup", dest="warmup", action="store_false", default=None, help="skip warm-up"
     )
@@ -47,6 +54,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         "queue_size": "queue_size",
         "request_timeout_s": "request_timeout_s",
         "worker_threads": "worker_threads",
+        "intra_op_threads": "intra_op_threads",
+        "ort_spinning": "ort_spinning",
         "warmup": "warmup",
         "log_level": "log_level",
     }

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         2, ge=1, le=256, description="Thread pool for decode and post-processing."
     )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="ONNX Runtime CPU threads per inference call (0: one per physical core).",
+    )
+    ort_spinning: bool = Field(
+        True,
+        description="Let ONNX Runtime's idle CPU threads busy-wait for the next run (its "
+        "default): lower latency and higher throughput on a dedicated machine; turn off where "
+        "the cores are shared and idle CPU use matters.",
+    )
     warmup: bool = Field(True, description="Run warm-up inferences before /readyz turns ready.")
     log_level: LogLevel = Field("info", description="Log level.")
 

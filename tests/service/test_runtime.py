@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from maskx.service.app import create_app
 from maskx.service.runtime import (
     OnnxRuntimeEngine,
     RawDetections,
@@ -15,6 +17,7 @@ from maskx.service.runtime import (
     parse_metadata,
     select_providers,
 )
+from maskx.service.settings import Settings
 from maskx.service.testing import build_test_model, default_metadata, expected_outputs
 
 CPU = "CPUExecutionProvider"
@@ -51,6 +54,19 @@ def test_session_runs_the_contract_graph(model_path: Path, synthetic_model: None
     ref = expected_outputs(sizes)
     for key in ("boxes", "scores", "labels", "batch_index", "mask_probs"):
         np.testing.assert_array_equal(getattr(out, key), getattr(ref, key), err_msg=key)
+
+
+def test_cpu_thread_settings_reach_the_session(model_path: Path, settings: Settings) -> None:
+    rt = load_runtime(model_path, ["cpu"], intra_op_threads=1, spinning=False)
+    options = rt.session.get_session_options()  # type: ignore[attr-defined]
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # ... and through the app's settings (MASKX_INTRA_OP_THREADS, MASKX_ORT_SPINNING)
+    app = create_app(settings.model_copy(update={"intra_op_threads": 2, "ort_spinning": True}))
+    with TestClient(app):
+        options = app.state.engine.runtime.session.get_session_options()
+        assert options.intra_op_num_threads == 2
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
 def test_split_routes_by_batch_index() -> None:

@@ -24,6 +24,7 @@ def test_defaults_match_the_contract(clean_env: None) -> None:
         True,
     )
     assert s.log_level == "info"
+    assert (s.intra_op_threads, s.ort_spinning) == (0, True)
 
 
 def test_environment_with_prefix(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,7 +32,10 @@ def test_environment_with_prefix(clean_env: None, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MASKX_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("MASKX_API_KEY", "s3cret")
     monkeypatch.setenv("MASKX_WARMUP", "false")
+    monkeypatch.setenv("MASKX_INTRA_OP_THREADS", "3")
+    monkeypatch.setenv("MASKX_ORT_SPINNING", "0")
     s = Settings()
+    assert (s.intra_op_threads, s.ort_spinning) == (3, False)
     assert s.provider_list == ["cuda", "cpu"]
     assert s.max_batch_size == 8 and s.warmup is False
     assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret"
