@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
 	touch $(STAMP)
 
-## system-deps: Debian tools the tests drive (Prometheus, promtool, docker-compose, shellcheck, chromium)
+## system-deps: Debian tools the tests drive (Prometheus, promtool, docker-compose, shellcheck, chromium, wrk)
 system-deps:
 	@missing=""; \
 	for t in prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
-	         shellcheck:shellcheck chromium:chromium; do \
+	         shellcheck:shellcheck chromium:chromium wrk:wrk; do \
 	  cmd=$${t%%:*}; pkg=$${t##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,16 +30,27 @@ def test_postprocess_bench_prints_and_writes_json(tmp_path: Path, capsys) -> Non
     assert "speed-up" in capsys.readouterr().out
 
 
-def test_service_bench_prints_and_writes_json(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("client", ["wrk", "httpx"])
+def test_service_bench_prints_and_writes_json(tmp_path: Path, capsys, client: str) -> None:
+    if client == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (make system-deps)")
     out = tmp_path / "svc.json"
     args = parse(bench_service, ["--conv-layers", "1", "--width", "160", "--height", "120",
-                                 "--concurrency", "1,2", "--requests", "4", "--bare-runs", "3",
+                                 "--concurrency", "1,2", "--duration", "1", "--rounds", "3",
+                                 "--score-threshold", "0", "--client", client,
                                  "--json", str(out)])  # fmt: skip
     assert bench_service.main(args) == 0
     result = json.loads(out.read_text())
+    assert result["client"] == client
     assert [row["concurrency"] for row in result["http"]] == [1, 2]
-    assert all(row["non_200"] == 0 and row["p50_ms"] > 0 for row in result["http"])
-    assert result["http_p50_over_ort_p50_at_c1"] > 0
+    assert all(row["non_200"] == 0 and row["requests"] > 0 for row in result["http"])
+    assert all(0 < row["p50_ms"] <= row["p99_ms"] for row in result["http"])
+    c1 = result["c1"]
+    assert c1["detections_per_image"] > 0  # score_threshold=0 reached the server
+    assert c1["http_p50_ms"] > 0 and c1["ort_p50_ms"] > 0
+    assert result["http_p50_over_ort_p50_at_c1"] == pytest.approx(
+        c1["http_p50_ms"] / c1["ort_p50_ms"]
+    )
     assert "HTTP p50 / bare ONNX Runtime p50" in capsys.readouterr().out
 
 
