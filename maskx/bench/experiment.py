@@ -87,7 +87,8 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 # Dataset of the full experiment (the synth defaults otherwise): ≥ 100 classes from 12 families.
-FULL_DATA = {"classes": 100, "images": 1200, "val_images": 400, "image_size": 160}
+FULL_DATA = {"classes": 100, "images": 1200, "val_images": 400, "image_size": 160,
+             "appearances": 0, "a_covers_appearances": False}  # fmt: skip
 QUICK = {"steps": 30, "batch_size": 4, "classes": 100, "images": 120, "val_images": 40,
          "seeds": [0]}  # fmt: skip
 
@@ -109,6 +110,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, help="training images of the generated set")
     parser.add_argument("--val-images", type=int, help="validation images of the generated set")
     parser.add_argument("--image-size", type=int, help="image side of the generated set (px)")
+    parser.add_argument(
+        "--appearances",
+        type=int,
+        help="appearances of the generated set (maskx synth --appearances)",
+    )
+    parser.add_argument(
+        "--a-covers-appearances",
+        action="store_true",
+        help="generated set: split A covers every appearance too",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE",
                         help="extra override for every run (e.g. model.box_score_thresh=0.01)")  # fmt: skip
@@ -210,7 +221,7 @@ def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------ data
-def ensure_dataset(root: Path, params: dict[str, int]) -> Path:
+def ensure_dataset(root: Path, params: dict[str, Any]) -> Path:
     """Generate the synthetic set in ``root`` unless it is there with the same parameters."""
     from maskx.training.synth import SynthConfig, generate_dataset
 
@@ -223,7 +234,11 @@ def ensure_dataset(root: Path, params: dict[str, int]) -> Path:
             "train_images": params["images"],
             "val_images": params["val_images"],
             "image_size": params["image_size"],
+            "appearances": params.get("appearances", 0),
+            "a_covers_appearances": params.get("a_covers_appearances", False),
         }
+        # Sets made before these fields existed used every appearance, A by shape only.
+        have = {"appearances": 0, "a_covers_appearances": False} | have
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
         if diff:
             raise ValueError(
@@ -236,6 +251,8 @@ def ensure_dataset(root: Path, params: dict[str, int]) -> Path:
         train_images=params["images"],
         val_images=params["val_images"],
         image_size=params["image_size"],
+        appearances=params.get("appearances", 0),
+        a_covers_appearances=params.get("a_covers_appearances", False),
     )
     print(f"generating the synthetic set in {root} ...", flush=True)
     generate_dataset(root, cfg, progress=False)
@@ -616,7 +633,8 @@ def main(args: argparse.Namespace) -> int:
         seeds = seeds if seeds != [0, 1] else list(QUICK["seeds"])
         data.update(classes=QUICK["classes"], images=QUICK["images"],
                     val_images=QUICK["val_images"])  # fmt: skip
-    for key in ("classes", "images", "val_images", "image_size"):
+    data["a_covers_appearances"] = args.a_covers_appearances
+    for key in ("classes", "images", "val_images", "image_size", "appearances"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     out: Path = args.out or Path(f"artifacts/experiment/{'quick' if args.quick else 'full'}")

@@ -105,6 +105,11 @@ class SynthConfig:
     same_appearance_probability: float = 0.4
     strokes: tuple[int, int] = (3, 10)
     blobs: tuple[int, int] = (0, 3)
+    # 0: every colour x texture; k > 0: only k appearances, each shared by more classes, so
+    # that classes of one appearance differ only by shape.
+    appearances: int = 0
+    # The A split also covers every appearance in use (where its budget allows).
+    a_covers_appearances: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -113,12 +118,19 @@ class SynthConfig:
             raise ValueError(f"families: unknown {unknown}; known are {list(FAMILIES)}")
         if len(set(self.families)) != len(self.families) or not self.families:
             raise ValueError(f"families: need distinct names, got {list(self.families)}")
-        capacity = len(self.families) * 2 * len(COLOURS) * len(TEXTURES)
+        all_appearances = len(COLOURS) * len(TEXTURES)
+        if not 0 <= self.appearances <= all_appearances:
+            raise ValueError(
+                f"appearances={self.appearances}: must be 0 (all) or 1..{all_appearances} "
+                f"({len(COLOURS)} colours x {len(TEXTURES)} textures)"
+            )
+        per_shape = self.appearances or all_appearances
+        capacity = len(self.families) * 2 * per_shape
         if not len(self.families) <= self.num_classes <= capacity:
             raise ValueError(
                 f"num_classes={self.num_classes}: must be between the number of families "
-                f"({len(self.families)}) and families x 2 variants x {len(COLOURS)} colours x "
-                f"{len(TEXTURES)} textures ({capacity})"
+                f"({len(self.families)}) and families x 2 variants x {per_shape} appearances "
+                f"({capacity})"
             )
         if self.train_images < 0 or self.val_images < 0:
             raise ValueError(
@@ -182,6 +194,11 @@ def make_classes(config: SynthConfig) -> list[SynthClass]:
     shapes = [(f, FAMILY_VARIANTS[f][v]) for v in range(2) for f in config.families]
     appearances = [(c, t) for c in COLOURS for t in TEXTURES]
     orders = {shape: rng.permutation(len(appearances)).tolist() for shape in shapes}
+    if config.appearances:
+        # A subset drawn from its own stream, so the default class table is unchanged.
+        subset = np.random.default_rng([config.seed, 3]).permutation(len(appearances))
+        appearances = [appearances[i] for i in sorted(subset[: config.appearances].tolist())]
+        orders = {s: rng.permutation(len(appearances)).tolist() for s in shapes}
     counts = dict.fromkeys(shapes, 0)
     classes: list[SynthClass] = []
     for i in range(config.num_classes):
@@ -207,16 +224,24 @@ def choose_mask_classes(classes: Sequence[SynthClass], config: SynthConfig) -> l
     families = sorted({c.family for c in classes})
     target = max(len(families), round(config.a_fraction * len(classes)))
     chosen: set[int] = set()
+    seen: set[tuple[str, str]] = set()  # appearances in A so far
+
+    def pick(members: list[int]) -> None:
+        if config.a_covers_appearances:
+            fresh = [i for i in members if (classes[i].colour, classes[i].texture) not in seen]
+            members = fresh or members
+        i = int(members[rng.integers(len(members))])
+        chosen.add(i)
+        seen.add((classes[i].colour, classes[i].texture))
+
     for family in families:
-        members = [i for i, c in enumerate(classes) if c.family == family]
-        chosen.add(int(members[rng.integers(len(members))]))
+        pick([i for i, c in enumerate(classes) if c.family == family])
     covered = {classes[i].shape for i in chosen}
     shapes = sorted({c.shape for c in classes} - covered)
     for shape in (shapes[i] for i in rng.permutation(len(shapes))):
         if len(chosen) >= target:
             break
-        members = [i for i, c in enumerate(classes) if c.shape == shape]
-        chosen.add(int(members[rng.integers(len(members))]))
+        pick([i for i, c in enumerate(classes) if c.shape == shape])
     rest = [i for i in range(len(classes)) if i not in chosen]
     for i in rng.permutation(rest)[: max(0, target - len(chosen))]:
         chosen.add(int(i))

@@ -47,6 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.a_fraction,
         help="share of classes in the default mask split A (mask_classes_A.txt)",
     )
+    parser.add_argument(
+        "--appearances",
+        type=int,
+        default=d.appearances,
+        help="use only this many colour x texture appearances, each shared by more classes "
+        "(0: all 40)",
+    )
+    parser.add_argument(
+        "--a-covers-appearances",
+        action="store_true",
+        help="choose split A to cover every appearance in use as well as every shape",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
         "--preview", type=int, default=16, help="images in DIR/preview.png (0: no preview)"
@@ -70,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
         families=tuple(args.families),
         seed=args.seed,
         a_fraction=args.a_fraction,
+        appearances=args.appearances,
+        a_covers_appearances=args.a_covers_appearances,
     )
     try:
         config.validate()

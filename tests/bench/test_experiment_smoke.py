@@ -103,6 +103,13 @@ def test_dataset_with_other_parameters_is_refused(tmp_path: Path) -> None:
         experiment.ensure_dataset(
             tmp_path, {"classes": 100, "images": 10, "val_images": 5, "image_size": 64}
         )
+    same = {"num_classes": 96, "train_images": 10, "val_images": 5, "image_size": 64}
+    (tmp_path / "dataset.json").write_text(json.dumps({"config": same}))  # all 40 appearances
+    with pytest.raises(ValueError, match="appearances"):
+        experiment.ensure_dataset(
+            tmp_path,
+            {"classes": 96, "images": 10, "val_images": 5, "image_size": 64, "appearances": 4},
+        )
 
 
 def test_bad_data_root_and_steps_fail_with_a_message(tmp_path: Path, capsys) -> None:

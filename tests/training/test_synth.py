@@ -124,6 +124,27 @@ def test_default_a_split_covers_every_shape_when_the_budget_allows() -> None:
     assert a_names == choose_mask_classes(make_classes(config), config)  # deterministic
 
 
+def test_few_appearances_make_shape_the_only_difference_and_a_covers_them() -> None:
+    # 4 appearances x 24 shapes: every appearance is shared by 24 classes, and split A covers
+    # every shape and every appearance.
+    config = SynthConfig(num_classes=96, appearances=4, a_covers_appearances=True)
+    classes = make_classes(config)
+    appearances = {(c.colour, c.texture) for c in classes}
+    assert len(classes) == 96 and len(appearances) == 4
+    assert len({c.name for c in classes}) == 96
+    a = {c.name for c in classes} & set(choose_mask_classes(classes, config))
+    a_classes = [c for c in classes if c.name in a]
+    assert {c.shape for c in a_classes} == {c.shape for c in classes}
+    assert {(c.colour, c.texture) for c in a_classes} == appearances
+    # Without the option the default class table stays as it was (datasets are reproducible).
+    default = SynthConfig(num_classes=96)
+    assert make_classes(default) == make_classes(SynthConfig(num_classes=96, appearances=0))
+    with pytest.raises(ValueError, match="appearances"):
+        SynthConfig(appearances=41).validate()
+    with pytest.raises(ValueError, match="num_classes"):
+        SynthConfig(num_classes=120, appearances=4).validate()  # 24 shapes x 4 = 96 at most
+
+
 def test_annotations_are_valid_visible_disjoint_masks(dataset: Path) -> None:
     for split in ("train", "val"):
         coco = _load(dataset / "annotations" / f"instances_{split}.json")
