@@ -84,7 +84,9 @@ class MetricsMiddleware:
             self.metrics.requests.labels(**labels).inc()
 
 
-def get_engine(request: Request) -> Engine:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+# one thread hop per request each for work that takes microseconds.
+async def get_engine(request: Request) -> Engine:
     engine: Engine | None = getattr(request.app.state, "engine", None)
     if engine is None:
         raise ServiceError(
@@ -99,7 +101,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 _bearer = HTTPBearer(auto_error=False, description="Needed when MASKX_API_KEY is set.")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -339,7 +341,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         summary="Model loaded and warmed up; not draining",
     )
     async def readyz(request: Request) -> Response:
-        get_engine(request).check_available()
+        (await get_engine(request)).check_available()
         return json_response({"status": "ready"})
 
     @app.get(

@@ -232,3 +232,26 @@ def test_demo_routes_stay_out_of_the_schema(client: TestClient) -> None:
     r = client.get("/", follow_redirects=False)
     assert r.status_code in (200, 307)
     assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_segment_takes_no_thread_pool_hop_outside_decode_infer_and_paste(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain `def` dependency or route would run in the ASGI thread pool: a thread hop per
+    # request for microseconds of work. Only the engine's own pools may take the request's work.
+    import anyio.to_thread
+
+    hops: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    response = client.post(
+        "/segment", content=make_image(64, 48), headers={"content-type": "image/jpeg"}
+    )
+    assert response.status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert hops == []
