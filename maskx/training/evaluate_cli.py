@@ -31,8 +31,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             s = metrics.get(iou, {}).get(subset)
             if not s:
                 continue
+            # None: pycocotools had nothing to score (e.g. B when every class has masks).
             cells = "".join(
-                f"{s.get(k) if s.get(k) is None else format(s[k], '.3f'):>8}"
+                f"{'-' if s.get(k) is None else format(s[k], '.3f'):>8}"
                 for k in ("AP", "AP50", "AP75")
             )
             lines.append(f"{iou + ' ' + subset:14}{cells}")

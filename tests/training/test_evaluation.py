@@ -297,3 +297,16 @@ def test_write_metrics_json_is_atomic_and_plain(tmp_path: Path) -> None:
         write_metrics_json({"bad": object()}, path)
     assert json.loads(path.read_text()) == {"x": 1}  # a failed write leaves the old file
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_metrics_table_shows_subsets_with_nothing_to_score_as_dashes() -> None:
+    # Every class has masks (the oracle): pycocotools gives no AP for B, and the table must
+    # still print instead of failing at the end of a finished training run.
+    from maskx.training.evaluate_cli import format_metrics
+
+    none = dict.fromkeys(("AP", "AP50", "AP75"))
+    scored = {"AP": 0.28612, "AP50": 0.517, "AP75": 0.289}
+    table = format_metrics({"segm": {"A": scored, "B": none, "all": scored}, "step": 750})
+    lines = table.splitlines()
+    assert lines[1].split() == ["segm", "A", "0.286", "0.517", "0.289"]
+    assert lines[2].split() == ["segm", "B", "-", "-", "-"]
