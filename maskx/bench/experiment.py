@@ -511,8 +511,8 @@ def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
            label="mask AP on B (no masks in training)")  # fmt: skip
     ax.bar([i + w / 2 for i in x], a_mean, w, yerr=a_std, capsize=4, color="#aec7e8",
            label="mask AP on A")  # fmt: skip
-    for i, m in zip(x, b_mean, strict=True):
-        ax.text(i - w / 2, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    for i, m, sd in zip(x, b_mean, b_std, strict=True):  # above the error bar, not on it
+        ax.text(i - w / 2, m + sd + 0.4, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [summary[n]["label"].replace(", ", ",\n") for n in names], fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_title(title, fontsize=10)
