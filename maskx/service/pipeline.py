@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from maskx.service.errors import ServiceError
-from maskx.service.postprocess import Detection, SegmentParams, postprocess_detections
+from maskx.service.postprocess import (
+    Detection,
+    SegmentParams,
+    limit_blas_threads,
+    postprocess_detections,
+)
 from maskx.service.preprocess import PreparedImage, decode_image, pad_batch
 from maskx.service.runtime import ModelInfo, RawDetections, Runtime, load_runtime
 
@@ -91,6 +96,7 @@ class Pipeline:
     def __init__(self, runtime: Runtime, *, max_pixels: int = 40_000_000) -> None:
         self.runtime = runtime
         self.max_pixels = max_pixels
+        limit_blas_threads()  # BLAS threads spinning after a paste slow the next inference
 
     @classmethod
     def from_model(

@@ -65,6 +65,25 @@ class Detection:
         return out
 
 
+def limit_blas_threads() -> None:
+    """Run numpy's BLAS on one thread in this process (process-wide, idempotent).
+
+    The paste's matrix products are small. A multi-threaded OpenBLAS gains nothing on them,
+    and its worker threads busy-wait after every product: measured here, an ONNX Runtime run
+    right after pasting 28 masks took 72 ms instead of 32 ms while they spun.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _blas_limited = True
+
+
+_blas_limited = False
+
+
 def expand_boxes_for_paste(boxes: np.ndarray, mask_size: int, padding: int = 1) -> np.ndarray:
     """Integer boxes ``[N, 4]`` (int64) that the padded ``M+2p`` mask is resized into.
 

@@ -171,3 +171,17 @@ def test_postprocess_rejects_labels_outside_the_vocabulary() -> None:
         postprocess_detections(
             raw, input_size=(64, 64), image_size=(64, 64), info=info, params=SegmentParams(0.0)
         )
+
+
+def test_pipeline_runs_numpy_blas_on_one_thread(model_path) -> None:  # type: ignore[no-untyped-def]
+    # OpenBLAS worker threads busy-wait after each product; in a serving process they took the
+    # cores of the next ONNX Runtime run (2x slower measured). The paste needs no BLAS threads.
+    from threadpoolctl import threadpool_info
+
+    from maskx.service.pipeline import Pipeline
+    from maskx.service.runtime import load_runtime
+
+    Pipeline(load_runtime(model_path, ["cpu"]))
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy reports no BLAS library"
+    assert all(pool["num_threads"] == 1 for pool in blas), blas
