@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         help="two images to verify on (default: the checkpoint's validation images, if present)",
     )
+    parser.add_argument(
+        "--min-size",
+        type=int,
+        help="input scale to serve at: short side in pixels (default: the training config's "
+        "test scale); detections change with it, so verify the model at the new scale",
+    )
+    parser.add_argument("--max-size", type=int, help="longest side in pixels (with --min-size)")
     parser.add_argument("--box-rtol", type=float, default=1e-3)
     parser.add_argument("--mask-atol", type=float, default=1e-3)
 
@@ -47,6 +54,17 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"maskx export: {exc}", file=sys.stderr)
         return 2
+    if args.min_size is not None or args.max_size is not None:
+        # Test-time scale: the graph takes images already resized by the caller, so only the
+        # metadata (what the service resizes to) and the verification images change.
+        t = model.transform
+        min_size = args.min_size if args.min_size is not None else int(t.min_size[-1])
+        max_size = args.max_size if args.max_size is not None else max(int(t.max_size), min_size)
+        if not 32 <= min_size <= max_size:
+            print(f"maskx export: need 32 <= --min-size ({min_size}) <= --max-size ({max_size})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        t.min_size, t.max_size = (min_size,), max_size
     name = args.name or (ckpt_path.parent.parent.name if ckpt_path.parent.name == "checkpoints"
                          else ckpt_path.stem)  # fmt: skip
     metadata = build_metadata(

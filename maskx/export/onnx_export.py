@@ -277,7 +277,17 @@ def verification_images(
         out.append(
             letterbox(torch.from_numpy(rgb).permute(2, 0, 1), int(t.min_size[-1]), int(t.max_size))
         )
-    out[1] = out[1][:, : max(out[1].shape[1] - 32, 32)].contiguous()
+    # A second size that the model keeps as it is (scale exactly 1): short side below min_size
+    # with the long side at max_size. Cropping gives it when the long side is already there;
+    # otherwise (max_size above what the image reaches) resize to that shape.
+    lo, hi = int(t.min_size[-1]), int(t.max_size)
+    if max(out[1].shape[1:]) == hi:
+        out[1] = out[1][:, : max(out[1].shape[1] - 32, 32)].contiguous()
+    else:
+        resized = torch.nn.functional.interpolate(
+            out[1][None].float(), size=(max(lo - 32, 32), hi), mode="bilinear", align_corners=False
+        )
+        out[1] = resized[0].round().clamp(0, 255).to(torch.uint8)
     return out
 
 

@@ -144,3 +144,19 @@ def test_cli_verification_passes_on_trained_model(trained_checkpoint, tmp_path, 
     out = capsys.readouterr().out
     assert code == 0, out
     assert "verification passed" in out and "batch of 2" in out
+
+
+def test_export_at_another_test_scale_records_it_and_verifies(trained_checkpoint, tmp_path, capsys):
+    path = tmp_path / "m480.onnx"
+    code = cli_main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(path),
+                     "--min-size", "256", "--max-size", "320"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "verification passed" in out
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = json.loads(sess.get_modelmeta().custom_metadata_map["maskx"])
+    assert (meta["min_size"], meta["max_size"]) == (256, 320)
+    assert cli_main(["export", "--checkpoint", str(trained_checkpoint), "--output",
+                     str(tmp_path / "bad.onnx"), "--min-size", "400", "--max-size", "300"]) == 2  # fmt: skip
+    assert "--min-size" in capsys.readouterr().err
+    assert not (tmp_path / "bad.onnx").exists()
