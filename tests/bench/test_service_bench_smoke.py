@@ -48,6 +48,8 @@ def test_service_bench_prints_and_writes_json(tmp_path: Path, capsys, client: st
     c1 = result["c1"]
     assert c1["detections_per_image"] > 0  # score_threshold=0 reached the server
     assert c1["http_p50_ms"] > 0 and c1["ort_p50_ms"] > 0
+    # the same request's HTTP time includes its server-side runtime call
+    assert c1["same_request_ratio_p50"] > 1 and c1["same_request_overhead_p50_ms"] > 0
     assert result["http_p50_over_ort_p50_at_c1"] == pytest.approx(
         c1["http_p50_ms"] / c1["ort_p50_ms"]
     )
