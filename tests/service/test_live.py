@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -141,6 +142,21 @@ def test_deadline_gives_504_and_the_server_stays_healthy(settings: Settings) -> 
         assert r.status_code == 200
 
 
+def sigterm_once_in_flight(app: Any, live: LiveServer) -> None:
+    """Wait until a request is admitted, then send the server its SIGTERM."""
+    until = time.monotonic() + 5
+    while app.state.engine.in_flight == 0:
+        assert time.monotonic() < until
+        time.sleep(0.01)
+    live.server.handle_exit(signal.SIGTERM, None)
+
+
+def assert_drained(live: LiveServer, worker: threading.Thread) -> None:
+    worker.join(10)
+    live._thread.join(10)
+    assert not live._thread.is_alive(), "server did not stop after draining"
+
+
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(settings: Settings) -> None:
     rt = FakeRuntime(delay_s=0.8)
     app = create_app(settings.model_copy(update={"max_batch_size": 1}), runtime=rt)
@@ -154,16 +170,10 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(settings: Settin
 
         worker = threading.Thread(target=slow_request)
         worker.start()
-        until = time.monotonic() + 5
-        while app.state.engine.in_flight == 0:
-            assert time.monotonic() < until
-            time.sleep(0.01)
-        live.server.handle_exit(signal.SIGTERM, None)
+        sigterm_once_in_flight(app, live)
         refused = httpx.post(live.url + "/segment", content=data, headers=JPEG)
         not_ready = httpx.get(live.url + "/readyz")
-        worker.join(10)
-        live._thread.join(10)
-        assert not live._thread.is_alive(), "server did not stop after draining"
+        assert_drained(live, worker)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
     assert refused.headers["retry-after"]
     assert not_ready.status_code == 503
@@ -193,15 +203,9 @@ def test_a_request_admitted_before_sigterm_is_served_while_its_body_still_arrive
 
         worker = threading.Thread(target=slow_upload)
         worker.start()
-        until = time.monotonic() + 5
-        while app.state.engine.in_flight == 0:
-            assert time.monotonic() < until
-            time.sleep(0.01)
-        live.server.handle_exit(signal.SIGTERM, None)
+        sigterm_once_in_flight(app, live)
         refused = httpx.post(live.url + "/segment", content=data, headers=JPEG)
         rest_of_body.set()
-        worker.join(10)
-        live._thread.join(10)
-        assert not live._thread.is_alive(), "server did not stop after draining"
+        assert_drained(live, worker)
     assert refused.status_code == 503
     assert results["first"].status_code == 200, results["first"].text
