@@ -24,6 +24,8 @@ Contract (docs/contracts.md, "ONNX graph")::
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -113,11 +115,15 @@ def _clip(boxes: Tensor, sizes: Tensor) -> Tensor:
 class ExportAdapter(nn.Module):
     """Wraps a trained :class:`MaskXRCNN` (in eval mode) for export; see the module docstring."""
 
-    def __init__(self, model: MaskXRCNN) -> None:
+    def __init__(self, model: MaskXRCNN, *, fp16_backbone: bool = False) -> None:
         super().__init__()
         if model.training:
             raise ValueError("put the model in eval mode before exporting it")
         self.model = model
+        # float16 backbone + FPN (most of the arithmetic); heads and every box computation stay
+        # float32: coordinates near 1333 px lose whole pixels in float16, and ONNX Runtime's
+        # NonMaxSuppression takes float32 only. A copy, so the caller's model stays float32.
+        self.half_backbone = copy.deepcopy(model.backbone).half() if fp16_backbone else None
         rh = model.roi_heads
         t = model.transform
         self.register_buffer("mean", torch.tensor(t.image_mean).view(1, 3, 1, 1) * 255.0)
@@ -132,7 +138,10 @@ class ExportAdapter(nn.Module):
     # ---------------------------------------------------------------------------------------
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         x = self.normalise(images, image_sizes)
-        features = self.model.backbone(x)
+        if self.half_backbone is not None:
+            features = {k: v.float() for k, v in self.half_backbone(x.half()).items()}
+        else:
+            features = self.model.backbone(x)
         proposals, proposal_batch = self.propose(x, features, image_sizes)
         boxes, scores, labels, batch = self.detect(
             features, proposals, proposal_batch, x, image_sizes

@@ -160,3 +160,45 @@ def test_export_at_another_test_scale_records_it_and_verifies(trained_checkpoint
                      str(tmp_path / "bad.onnx"), "--min-size", "400", "--max-size", "300"]) == 2  # fmt: skip
     assert "--min-size" in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_fp16_export_halves_the_backbone_keeps_the_contract_and_verifies(
+    trained_checkpoint, tmp_path, capsys
+):
+    path = tmp_path / "m16.onnx"
+    code = cli_main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(path),
+                     "--fp16"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "float16 backbone" in out and "within the float16 tolerances" in out
+    proto = onnx.load(str(path))
+    half = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    full = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert half and full  # backbone weights in float16, heads and baked mask weights float32
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]
+    }
+    assert types["images"] == onnx.TensorProto.UINT8
+    assert types["mask_probs"] == types["boxes"] == types["scores"] == onnx.TensorProto.FLOAT
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["maskx"])
+    assert meta["precision"] == "fp16-backbone"
+
+
+def test_matching_allows_only_detections_at_the_score_edge() -> None:
+    from maskx.export.onnx_export import _compare
+
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]], np.float32)
+    ref = {"boxes": torch.from_numpy(boxes), "labels": torch.tensor([1, 2, 3]),
+           "scores": torch.tensor([0.9, 0.5, 0.0502]),
+           "mask_probs": torch.zeros(3, 28, 28)}  # fmt: skip
+
+    def got(keep: list[int]) -> dict[str, np.ndarray]:
+        return {k: v.numpy()[keep] for k, v in ref.items()}
+
+    # the third detection (score 0.0502, the lowest kept) missing on one side: allowed
+    edge = _compare("edge", ref, got([0, 1]), 1e-2, 5e-2, 1e-2, match=True)
+    assert edge.passed and "1+0 at the score edge" in edge.note
+    # a confident detection missing: not allowed
+    assert not _compare("gap", ref, got([0, 2]), 1e-2, 5e-2, 1e-2, match=True).passed
+    # without matching, any difference in the lists fails
+    assert not _compare("strict", ref, got([0, 1]), 1e-2, 5e-2, 1e-2).passed
