@@ -527,6 +527,7 @@ def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
 
 # ----------------------------------------------------------------------------- diagnostics
 ATTRIBUTES = ("shape", "family", "colour", "texture")
+PROBE_KEY = "probe_same_shape_kernels_mask_AP_B"
 
 
 def class_attributes(root: Path, names: Sequence[str]) -> dict[str, list[str]]:
@@ -620,6 +621,36 @@ def diagnose(run: Run, root: Path) -> dict[str, Any] | None:
     return out
 
 
+def dataset_title(meta: dict[str, Any] | None) -> str:
+    """``Synthetic set (96 classes, 4 appearances, 24 in A)`` from ``dataset.json``."""
+    if not meta:
+        return "Synthetic set"
+    config = meta.get("config", {})
+    parts = [f"{meta.get('num_classes', config.get('num_classes', '?'))} classes"]
+    if config.get("appearances"):
+        parts.append(f"{config['appearances']} appearances")
+    if meta.get("num_mask_classes") is not None:
+        parts.append(f"{meta['num_mask_classes']} in A")
+    return f"Synthetic set ({', '.join(parts)})"
+
+
+def keep_previous_checks(rows: list[dict[str, Any]], json_path: Path, keys: list[str]) -> None:
+    """Carry the ``keys`` of each run over from an earlier ``json_path``: a gather that skips
+    the class-vector check or the probe must not erase what an earlier one measured."""
+    if not keys or not json_path.is_file():
+        return
+    try:
+        previous = json.loads(json_path.read_text(encoding="utf-8")).get("runs", [])
+    except (OSError, ValueError):
+        return
+    found = {(r.get("variant"), r.get("seed")): r for r in previous}
+    for row in rows:
+        earlier = found.get((row["variant"], row["seed"]), {})
+        for key in keys:
+            if key in earlier and key not in row:
+                row[key] = earlier[key]
+
+
 # ------------------------------------------------------------------------------------ main
 def main(args: argparse.Namespace) -> int:
     from maskx.model.config import ConfigError
@@ -676,11 +707,9 @@ def main(args: argparse.Namespace) -> int:
                 path = evaluate_with_same_shape_kernels(r, root)
                 if path is not None:
                     m = json.loads(path.read_text(encoding="utf-8"))
-                    row["probe_same_shape_kernels_mask_AP_B"] = round(
-                        100.0 * m["segm"]["B"]["AP"], 3
-                    )
+                    row[PROBE_KEY] = round(100.0 * m["segm"]["B"]["AP"], 3)
                     print(f"  {r.variant}/seed{r.seed}: mask AP B {row['mask_AP_B']} -> "
-                          f"{row['probe_same_shape_kernels_mask_AP_B']} with same-shape A kernels")  # fmt: skip
+                          f"{row[PROBE_KEY]} with same-shape A kernels")  # fmt: skip
     if args.diagnose:
         for r, row in zip([r for r in runs if r.done], rows, strict=True):
             if r.variant != "agnostic" and r.variant != "agnostic_mlp":
@@ -708,6 +737,12 @@ def main(args: argparse.Namespace) -> int:
         "missing_runs": [f"{r.variant}/seed{r.seed}" for r in runs if not r.done],
     }
     json_path = args.json or out / "results.json"
+    keep_previous_checks(
+        rows,
+        json_path,
+        [key for key, ran in (("nearest_a_class", args.diagnose),
+                              (PROBE_KEY, args.probe_shape_kernels)) if not ran],
+    )  # fmt: skip
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
@@ -725,7 +760,7 @@ def main(args: argparse.Namespace) -> int:
     if summary:
         chart = args.chart or out / "experiment_mask_ap.png"
         n_seeds = max(len(e["seeds"]) for e in summary.values())
-        title = (f"Synthetic set, {s.max_iter} steps × {s.batch_size} images, "
+        title = (f"{dataset_title(dataset_meta)}, {s.max_iter} steps × {s.batch_size} images, "
                  f"mean ± std over {n_seeds} seed(s)")  # fmt: skip
         print(f"chart: {plot_chart(summary, chart, title)}")
     print(f"results: {json_path}")

@@ -190,3 +190,26 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     # Same folder, another budget: refused instead of mixing budgets in one table.
     assert experiment.main(parse([*argv, "--steps", "3", "--no-diagnose"])) == 2
     assert "solver.max_iter" in capsys.readouterr().err
+
+
+def test_chart_title_names_the_dataset_variant() -> None:
+    assert experiment.dataset_title(None) == "Synthetic set"
+    main = {"num_classes": 100, "num_mask_classes": 25, "config": {"appearances": 0}}
+    assert experiment.dataset_title(main) == "Synthetic set (100 classes, 25 in A)"
+    few = {"num_classes": 96, "num_mask_classes": 24, "config": {"appearances": 4}}
+    assert experiment.dataset_title(few) == "Synthetic set (96 classes, 4 appearances, 24 in A)"
+
+
+def test_gather_without_the_checks_keeps_what_an_earlier_gather_measured(tmp_path: Path) -> None:
+    check = {"chance": {"shape": 0.04}, "w_seg": {"shape": 0.05}}
+    earlier = {"runs": [{"variant": "transfer_mlp", "seed": 0, "nearest_a_class": check,
+                         experiment.PROBE_KEY: 3.97}]}  # fmt: skip
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(earlier))
+    rows = [{"variant": "transfer_mlp", "seed": 0}, {"variant": "transfer_mlp", "seed": 1}]
+    experiment.keep_previous_checks(rows, path, ["nearest_a_class"])
+    assert rows[0]["nearest_a_class"] == check and "nearest_a_class" not in rows[1]
+    assert experiment.PROBE_KEY not in rows[0]  # only the keys asked for
+    experiment.keep_previous_checks(rows, path, [experiment.PROBE_KEY])
+    assert rows[0][experiment.PROBE_KEY] == 3.97
+    experiment.keep_previous_checks(rows, tmp_path / "missing.json", ["x"])  # no file: no change
