@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 # and three sessions (bare, in-process, server) spinning against each other on a small machine
 # would measure the contention, not the call.
 PAUSE_S = 0.05
+WARMUP_ROUNDS = 3  # untimed rounds that warm every path up
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -159,13 +160,13 @@ def overhead_at_c1(
     times: dict[str, list[float]] = {name: [] for name in calls}
     order = list(calls)
     rng = random.Random(0)
-    for round_index in range(rounds + 3):  # the first 3 rounds warm every path up
+    for round_index in range(WARMUP_ROUNDS + rounds):
         rng.shuffle(order)
         for name in order:
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             calls[name]()
-            if round_index >= 3:
+            if round_index >= WARMUP_ROUNDS:
                 times[name].append((time.perf_counter() - t0) * 1000)
     conn.close()
     return {
@@ -184,10 +185,10 @@ def overhead_at_c1(
         # for that very request inside the server (its timing_ms.inference: the batch's
         # pad + ONNX Runtime run + split, measured around the inference thread's work).
         "same_request_ratio_p50": statistics.median(
-            h / i for h, i in zip(times["http"], server_inference[3:], strict=True)
+            h / i for h, i in zip(times["http"], server_inference[WARMUP_ROUNDS:], strict=True)
         ),
         "same_request_overhead_p50_ms": statistics.median(
-            h - i for h, i in zip(times["http"], server_inference[3:], strict=True)
+            h - i for h, i in zip(times["http"], server_inference[WARMUP_ROUNDS:], strict=True)
         ),
     }
 

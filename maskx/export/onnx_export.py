@@ -242,7 +242,7 @@ def _compare(
     rl, gl = ref["labels"].numpy(), np.asarray(got["labels"])
     rs, gs = ref["scores"].numpy(), np.asarray(got["scores"])
     same = ne == no and bool(np.array_equal(rl, gl))
-    pairs = list(zip(range(ne), range(no), strict=False)) if same else []
+    pairs = [(i, i) for i in range(ne)] if same else []
     note = ""
     if not same and match:
         pairs = _match_detections(rb, rl, gb, gl)
