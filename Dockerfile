@@ -60,6 +60,9 @@ RUN python extras_requirements.py gpu > requirements.txt \
     && pip install --no-cache-dir -c "${GPU_CONSTRAINTS}" -r requirements.txt
 # Only the package: the wheel builds without README.md (no long description in an image).
 COPY maskx ./maskx
+COPY model ./model
+COPY training ./training
+COPY service ./service
 # The project itself; its dependencies are already satisfied by the layer above.
 RUN pip install --no-cache-dir -c "${GPU_CONSTRAINTS}" ".[gpu]"
 
@@ -69,6 +72,9 @@ COPY pyproject.toml deploy/extras_requirements.py ./
 RUN python extras_requirements.py serve > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt
 COPY maskx ./maskx
+COPY model ./model
+COPY training ./training
+COPY service ./service
 # The project itself, pinned by being this very source; its dependencies are in the layer above.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[serve]"
@@ -83,6 +89,9 @@ COPY pyproject.toml deploy/extras_requirements.py ./
 RUN python extras_requirements.py train > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt
 COPY maskx ./maskx
+COPY model ./model
+COPY training ./training
+COPY service ./service
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[train]" \
     && useradd --create-home --uid 10001 --user-group maskx \

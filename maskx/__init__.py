@@ -1,7 +1,7 @@
 """maskx: Mask^X R-CNN — segment every class from partial mask supervision.
 
-Parts: ``maskx.model`` (pure PyTorch), ``maskx.training``, ``maskx.export`` and
-``maskx.service`` (ONNX Runtime only; never imports torch). This top-level module imports
+Parts: ``model`` (pure PyTorch), ``training``, ``training.export`` and
+``service`` (ONNX Runtime only; never imports torch). This top-level module imports
 nothing heavy so that the service installs and runs without torch.
 """
 

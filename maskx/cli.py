@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("maskx.training.synth_cli", "write a synthetic COCO-format dataset"),
-    "train": ("maskx.training.cli", "train a Mask^X R-CNN model"),
-    "evaluate": ("maskx.training.evaluate_cli", "evaluate a checkpoint with pycocotools"),
-    "export": ("maskx.export.cli", "export a checkpoint to ONNX with baked mask weights"),
-    "serve": ("maskx.service.cli", "serve an exported model over HTTP"),
-    "predict": ("maskx.service.predict", "segment images offline: overlay PNG + JSON"),
+    "synth": ("training.synth_cli", "write a synthetic COCO-format dataset"),
+    "train": ("training.cli", "train a Mask^X R-CNN model"),
+    "evaluate": ("training.evaluate_cli", "evaluate a checkpoint with pycocotools"),
+    "export": ("training.export.cli", "export a checkpoint to ONNX with baked mask weights"),
+    "serve": ("service.cli", "serve an exported model over HTTP"),
+    "predict": ("service.predict", "segment images offline: overlay PNG + JSON"),
     "bench": ("maskx.bench.cli", "run a benchmark (heads, export, service, postprocess, ...)"),
 }
 

@@ -41,7 +41,7 @@ def tiny_train_overrides(data_root: Path, **extra: object) -> list[str]:
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic dataset (12 classes, 16 train / 8 val images of 96 px)."""
-    from maskx.training.synth import SynthConfig, generate_dataset
+    from training.synth import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
     cfg = SynthConfig(
@@ -55,8 +55,8 @@ def synth_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint(synth_root, tmp_path_factory) -> Path:
     """A tiny Mask^X model (transfer + MLP) trained for 40 steps on ``synth_root``."""
-    from maskx.training.config import load_config
-    from maskx.training.engine import train
+    from training.config import load_config
+    from training.trainer import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = load_config(

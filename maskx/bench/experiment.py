@@ -223,7 +223,7 @@ def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------ data
 def ensure_dataset(root: Path, params: dict[str, Any]) -> Path:
     """Generate the synthetic set in ``root`` unless it is there with the same parameters."""
-    from maskx.training.synth import SynthConfig, generate_dataset
+    from training.synth import SynthConfig, generate_dataset
 
     meta_path = root / "dataset.json"
     if meta_path.is_file():
@@ -269,8 +269,8 @@ def _train_command(config: str, run: Run) -> list[str]:
 
 def run_in_process(config: str, run: Run) -> None:
     """Train one run in this process (``--jobs 1``: no interpreter start-up per run)."""
-    from maskx.training.config import load_config
-    from maskx.training.engine import train
+    from training.config import load_config
+    from training.trainer import train
 
     run.folder.mkdir(parents=True, exist_ok=True)
     train(load_config(config, list(run.overrides)), run.folder)
@@ -359,9 +359,9 @@ def evaluate_on_split(run: Run, root: Path, batch_size: int = 8) -> Path | None:
     """
     from types import SimpleNamespace
 
-    from maskx.training.checkpoint import load_model_from_checkpoint
-    from maskx.training.data import CocoDataset, build_data_loader
-    from maskx.training.evaluation import evaluate, write_metrics_json
+    from training.checkpoint import load_model_from_checkpoint
+    from training.datasets import CocoDataset, build_data_loader
+    from training.evaluation import evaluate, write_metrics_json
 
     ckpt_path = run.folder / "checkpoints" / "model_final.pt"
     split_file = root / "mask_classes_A.txt"
@@ -396,9 +396,9 @@ def evaluate_with_same_shape_kernels(run: Run, root: Path, batch_size: int = 8) 
     """
     import torch
 
-    from maskx.training.checkpoint import load_model_from_checkpoint
-    from maskx.training.data import CocoDataset, build_data_loader
-    from maskx.training.evaluation import evaluate, write_metrics_json
+    from training.checkpoint import load_model_from_checkpoint
+    from training.datasets import CocoDataset, build_data_loader
+    from training.evaluation import evaluate, write_metrics_json
 
     ckpt_path = run.folder / "checkpoints" / "model_final.pt"
     if not ckpt_path.is_file():
@@ -581,8 +581,8 @@ def diagnose(run: Run, root: Path) -> dict[str, Any] | None:
     """
     import torch
 
-    from maskx.model import ModelConfig, build_model
-    from maskx.training.checkpoint import load_checkpoint
+    from model import ModelConfig, build_model
+    from training.checkpoint import load_checkpoint
 
     path = run.folder / "checkpoints" / "model_final.pt"
     if not path.is_file():
@@ -653,8 +653,8 @@ def keep_previous_checks(rows: list[dict[str, Any]], json_path: Path, keys: list
 
 # ------------------------------------------------------------------------------------ main
 def main(args: argparse.Namespace) -> int:
-    from maskx.model.config import ConfigError
-    from maskx.training.config import load_config
+    from model.config import ConfigError
+    from training.config import load_config
 
     steps, batch_size, seeds = args.steps, args.batch_size, list(args.seeds)
     data = dict(FULL_DATA)

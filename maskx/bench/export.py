@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     import onnxruntime as ort
     import torch
 
-    from maskx.export.onnx_export import (
+    from training.export.onnx_export import (
         OUTPUT_NAMES,
         build_metadata,
         eager_reference,
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     )
 
     if args.random_r50:
-        from maskx.model import ModelConfig, build_model
+        from model import ModelConfig, build_model
 
         torch.manual_seed(0)
         cfg = ModelConfig(num_classes=80, backbone="resnet50", min_size=480, max_size=640,
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         label = "R-50-FPN, K=80, random weights, score threshold 0"
         size = tuple(args.size or (480, 640))
     else:
-        from maskx.training.checkpoint import CheckpointError, load_model_from_checkpoint
+        from training.checkpoint import CheckpointError, load_model_from_checkpoint
 
         try:
             model, _, ckpt = load_model_from_checkpoint(args.checkpoint)
@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
         if real is not None:  # the checkpoint's own validation images, where they are here
             images = real
     with tempfile.TemporaryDirectory() as tmp:
-        from maskx.training.data.vocab import ClassVocabulary
+        from training.datasets.vocab import ClassVocabulary
 
         k = model.num_classes
         vocab = ClassVocabulary([f"c{i}" for i in range(k)], [True] * k, list(range(1, k + 1)))

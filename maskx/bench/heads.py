@@ -15,8 +15,8 @@ other processes hits every variant alike; medians after warm-up):
   parameters coincide, same images/targets and the same RNG seed per step: forward + backward +
   SGD step.
 
-Goal for every ratio: ≤ 1.10. torch and maskx.model are imported inside functions only (the
-``maskx bench`` dispatcher imports this module to build its parser; ``bench/gpu_check.py`` reuses
+Goal for every ratio: ≤ 1.10. torch and model are imported inside functions only (the
+``maskx bench`` dispatcher imports this module to build its parser; ``maskx/bench/gpu_check.py`` reuses
 the helpers on a machine where only torch and torchvision are installed).
 """
 
@@ -85,13 +85,13 @@ def bench_model_config(
     detections: int = 100,
     small_heads: bool = False,
 ) -> Any:
-    """The :class:`maskx.model.ModelConfig` of a benchmark variant.
+    """The :class:`model.ModelConfig` of a benchmark variant.
 
     ``box_score_thresh=0`` so that every RoI × class is a candidate and ``detections`` are
     always produced; the other fields keep the model's defaults (R-50-FPN paper settings, the
     ``transfer`` predictor with ``cls+box`` input) unless ``small_heads`` (the smoke-test model).
     """
-    from maskx.model import ModelConfig
+    from model import ModelConfig
 
     fields: dict[str, Any] = dict(
         num_classes=num_classes,
@@ -141,7 +141,7 @@ def copy_shared_weights(dst: Any, src: Any) -> list[str]:
 
 
 def torchvision_twin(cfg: Any) -> Any:
-    """torchvision's ``MaskRCNN`` with the modules :func:`maskx.model.build_model` builds for
+    """torchvision's ``MaskRCNN`` with the modules :func:`model.build_model` builds for
     ``cfg`` (same backbone, RPN, RoI pools, box and mask heads), but torchvision's own class-
     specific predictors and ``RoIHeads``: plain Mask R-CNN, the train-step baseline."""
     from torchvision.models.detection import MaskRCNN
@@ -150,7 +150,7 @@ def torchvision_twin(cfg: Any) -> Any:
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
-    from maskx.model.backbones import build_backbone
+    from model.backbones import build_backbone
 
     backbone = build_backbone(
         cfg.backbone,
@@ -406,7 +406,7 @@ def _memory_child(spec_json: str) -> int:
 
     import torch
 
-    from maskx.model import ModelConfig, build_model
+    from model import ModelConfig, build_model
 
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
@@ -555,7 +555,7 @@ def run_eval(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
     """The eval comparison (K small vs large, MLP off and on); returns its JSON section."""
     import torch
 
-    from maskx.model import build_model
+    from model import build_model
 
     images = random_images(1, s["size"], args.seed)
     variants: dict[str, dict[str, Any]] = {}
@@ -651,7 +651,7 @@ def run_train(args: argparse.Namespace, s: dict[str, Any]) -> dict[str, Any]:
     """The train-step comparison (Mask^X vs torchvision Mask R-CNN); returns its JSON section."""
     import torch
 
-    from maskx.model import build_model
+    from model import build_model
 
     cfg = bench_model_config(
         num_classes=args.train_k, backbone=s["backbone"], size=s["size"], mlp=False,

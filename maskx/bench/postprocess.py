@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     from pycocotools import mask as mask_utils
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-    from maskx.service.postprocess import (
+    from service.postprocess import (
         encode_regions,
         expand_boxes_for_paste,
         paste_masks_box_local,

@@ -12,7 +12,7 @@ Two measurements:
   connection per concurrent client) when it is on PATH, else from an async httpx client.
 
 The server runs in its own process, as in production. Without ``--model`` a synthetic contract
-graph with a small convolution stack is built (maskx.service.testing), so the figures measure
+graph with a small convolution stack is built (service.testing), so the figures measure
 the serving overhead around a model of known cost; pass an exported model for real figures.
 """
 
@@ -121,10 +121,10 @@ def overhead_at_c1(
     import numpy as np
     import onnxruntime as ort
 
-    from maskx.service.pipeline import Pipeline
-    from maskx.service.postprocess import SegmentParams
-    from maskx.service.preprocess import pad_batch
-    from maskx.service.runtime import load_runtime, select_providers
+    from service.pipeline import Pipeline
+    from service.postprocess import SegmentParams
+    from service.preprocess import pad_batch
+    from service.runtime import load_runtime, select_providers
 
     pipeline = Pipeline(load_runtime(model, providers.split(","), spinning=True))
     image = pipeline.prepare(data)
@@ -285,7 +285,7 @@ def _start_server(model: Path, args: argparse.Namespace) -> tuple[subprocess.Pop
 def main(args: argparse.Namespace) -> int:
     import asyncio
 
-    from maskx.service.testing import build_test_model, make_image
+    from service.testing import build_test_model, make_image
 
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     client = args.client

@@ -1,6 +1,6 @@
 """``maskx bench train``: training images/s of a config on this machine.
 
-Builds the model, optimiser and data loader the way :func:`maskx.training.engine.train` does and
+Builds the model, optimiser and data loader the way :func:`training.trainer.train` does and
 times the engine's own optimisation step (data loading included, as in a real run) for
 ``--steps`` steps after ``--warmup`` untimed ones. Without ``--data-root`` the benchmark writes a
 small synthetic dataset (``maskx synth``) into a temporary folder first.
@@ -69,7 +69,7 @@ def resolve_config_path(path: str | Path) -> Path:
 def use_synthetic_data(cfg: Any, root: Path, *, images: int, classes: int, seed: int) -> dict:
     """Write a synthetic COCO-format set (training split only) into ``root`` and point
     ``cfg.data`` at it; returns the generator's ``dataset.json`` dict."""
-    from maskx.training.synth import SynthConfig, generate_dataset
+    from training.synth import SynthConfig, generate_dataset
 
     meta = generate_dataset(
         root,
@@ -99,11 +99,11 @@ def measure_training(cfg: Any, *, steps: int, warmup: int) -> dict[str, Any]:
 
     # The private helpers are the engine's real step and epoch iteration: the benchmark must
     # time exactly what ``maskx train`` runs.
-    from maskx.model import build_model
-    from maskx.training import engine
-    from maskx.training.data import build_data_loader
-    from maskx.training.datasets import build_datasets
-    from maskx.training.schedule import get_lr
+    from model import build_model
+    from training import trainer as engine
+    from training.datasets import build_data_loader
+    from training.datasets.build import build_datasets
+    from training.schedule import get_lr
 
     dist_info = engine.DistInfo()
     device = engine.resolve_device(cfg.train.device, dist_info)
@@ -170,8 +170,8 @@ def measure_training(cfg: Any, *, steps: int, warmup: int) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from maskx.model.config import ConfigError
-    from maskx.training.config import load_config
+    from model.config import ConfigError
+    from training.config import load_config
 
     if args.steps < 1 or args.warmup < 0:
         print("maskx bench train: need --steps >= 1 and --warmup >= 0", file=sys.stderr)

@@ -39,7 +39,7 @@ def test_plan_is_seed_major_and_variant_overrides_win(tmp_path: Path) -> None:
 
 
 def test_every_variant_builds_a_valid_config() -> None:
-    from maskx.training.config import load_config
+    from training.config import load_config
 
     seen = set()
     for name, (_, overrides) in experiment.VARIANTS.items():

@@ -1,4 +1,4 @@
-"""``bench/gpu_check.sh --device cpu --quick``: every case of the GPU check runs on the CPU with
+"""``maskx/bench/gpu_check.sh --device cpu --quick``: every case of the GPU check runs on the CPU with
 only torch and torchvision importable (the GPU machine has nothing else), the table comes last,
 and a failing or over-budget case still leaves the table and the JSON."""
 
@@ -51,7 +51,14 @@ def run_check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, 
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env.update(PYTHON=sys.executable, PYTHONPATH=str(block), OUT=str(out))
     run = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--device", "cpu", "--quick", *args],
+        [
+            "bash",
+            str(REPO / "maskx" / "bench" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--quick",
+            *args,
+        ],
         cwd=tmp_path,  # the script must find the repository by itself
         env=env,
         capture_output=True,
@@ -130,7 +137,9 @@ def test_nested_alarm_rearms_the_outer_budget() -> None:
     import importlib.util
     import time
 
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", REPO / "maskx" / "bench" / "gpu_check.py"
+    )
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)

@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-SAMPLE_IMAGE = ROOT / "maskx" / "service" / "static" / "samples" / "synth-1.png"
+SAMPLE_IMAGE = ROOT / "service" / "static" / "samples" / "synth-1.png"
 
 # tool -> how CI installs it (Debian bookworm packages; hadolint from PyPI).
 INSTALL_HINTS = {
@@ -131,7 +131,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """One real worker (uvicorn, real ONNX Runtime session on the contract test graph) for the
     session's deployment checks. It starts through ``maskx serve`` exactly as the images do,
     with settings from ``MASKX_*`` variables, in an interpreter where torch cannot be imported."""
-    from maskx.service.testing import build_test_model
+    from service.testing import build_test_model
 
     tmp = tmp_path_factory.mktemp("worker")
     model = build_test_model(tmp / "model.onnx")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from maskx.service.settings import Settings
+from service.settings import Settings
 from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
 
 BASE = ROOT / "docker-compose.yml"

@@ -21,7 +21,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from maskx.cli import COMMANDS
-from maskx.service.settings import Settings
+from service.settings import Settings
 from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
 
 DOCKERFILE = ROOT / "Dockerfile"

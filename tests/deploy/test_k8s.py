@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from maskx.service.app import create_app
-from maskx.service.settings import Settings
+from service.app import create_app
+from service.settings import Settings
 from tests.deploy.conftest import DEPLOY
 
 K8S = DEPLOY / "k8s"

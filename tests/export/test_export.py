@@ -12,7 +12,10 @@ import torch
 from onnx import numpy_helper
 
 from maskx.cli import main as cli_main
-from maskx.export.onnx_export import (
+from model import build_model
+from tests.model.conftest import tiny_config
+from training.checkpoint import load_model_from_checkpoint
+from training.export.onnx_export import (
     METADATA_KEY,
     OUTPUT_NAMES,
     eager_reference,
@@ -20,9 +23,6 @@ from maskx.export.onnx_export import (
     pad_batch,
     verify_export,
 )
-from maskx.model import build_model
-from maskx.training.checkpoint import load_model_from_checkpoint
-from tests.model.conftest import tiny_config
 
 
 def _synth_images(synth_root, n=2):
@@ -185,7 +185,7 @@ def test_fp16_export_halves_the_backbone_keeps_the_contract_and_verifies(
 
 
 def test_matching_allows_only_detections_at_the_score_edge() -> None:
-    from maskx.export.onnx_export import _compare
+    from training.export.onnx_export import _compare
 
     boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]], np.float32)
     ref = {"boxes": torch.from_numpy(boxes), "labels": torch.tensor([1, 2, 3]),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskx.model import ModelConfig
+from model import ModelConfig
 
 
 def tiny_config(**changes) -> ModelConfig:

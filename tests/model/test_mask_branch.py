@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from maskx.model import (
+from model import (
     ClassSpecificBoxPredictor,
     MLPMaskBranch,
     WeightTransfer,

@@ -7,8 +7,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
-from maskx.model import build_model
-from maskx.model.backbones import build_backbone
+from model import build_model
+from model.backbones import build_backbone
 
 from .conftest import tiny_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskx.model import ConfigError, ModelConfig, build_model
+from model import ConfigError, ModelConfig, build_model
 
 from .conftest import synthetic_batch, tiny_config
 

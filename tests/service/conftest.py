@@ -1,7 +1,7 @@
 """Fixtures of the service tests.
 
 ``model_path`` is a real ONNX file honouring the graph contract, built with ``onnx.helper``
-(maskx.service.testing). Set ``MASKX_TEST_MODEL=/path/model.onnx`` to run the model-agnostic
+(service.testing). Set ``MASKX_TEST_MODEL=/path/model.onnx`` to run the model-agnostic
 tests (integration, bad input, metrics) against a real exported model instead; tests that pin the
 synthetic graph's exact outputs are skipped then.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from maskx.service.settings import Settings
-from maskx.service.testing import build_test_model
+from service.settings import Settings
+from service.testing import build_test_model
 
 EXTERNAL_MODEL = os.environ.get("MASKX_TEST_MODEL")
 

@@ -14,10 +14,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pydantic import SecretStr
 
-from maskx.service.app import create_app
-from maskx.service.schemas import ErrorResponse, ModelDescription, SegmentResponse
-from maskx.service.settings import Settings
-from maskx.service.testing import FakeRuntime, make_image
+from service.app import create_app
+from service.schemas import ErrorResponse, ModelDescription, SegmentResponse
+from service.settings import Settings
+from service.testing import FakeRuntime, make_image
 
 JPEG = {"content-type": "image/jpeg"}
 

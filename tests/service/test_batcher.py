@@ -7,11 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from maskx.service.batcher import Batcher
-from maskx.service.errors import ServiceError
-from maskx.service.pipeline import infer_batch
-from maskx.service.preprocess import PreparedImage
-from maskx.service.testing import FakeRuntime
+from service.batcher import Batcher
+from service.errors import ServiceError
+from service.pipeline import infer_batch
+from service.preprocess import PreparedImage
+from service.testing import FakeRuntime
 
 
 def image(h: int = 64, w: int = 96) -> PreparedImage:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from maskx.service import cli
+from service import cli
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def test_invalid_setting_fails_before_loading(clean_env: None, capsys) -> None:
 
 def test_service_never_imports_torch() -> None:
     code = (
-        "import sys, maskx.service.app, maskx.service.cli, maskx.service.pipeline;"
+        "import sys, service.app, service.cli, service.pipeline;"
         "sys.exit(1 if 'torch' in sys.modules or 'torchvision' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

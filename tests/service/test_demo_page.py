@@ -18,13 +18,13 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from maskx.service.app import create_app
-from maskx.service.overlay import class_color
-from maskx.service.settings import Settings
-from maskx.service.testing import CLASSES, LABELS, LiveServer, build_test_model, default_metadata
+from service.app import create_app
+from service.overlay import class_color
+from service.settings import Settings
+from service.testing import CLASSES, LABELS, LiveServer, build_test_model, default_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT / "maskx" / "service" / "static" / "samples"
+SAMPLES = ROOT / "service" / "static" / "samples"
 NAMES = [CLASSES[label - 1] for label in LABELS]  # the graph's detections, best first
 SCREENSHOT_DIR = ROOT / "artifacts" / "test-screenshots"
 CHROMIUM = Path(os.environ.get("MASKX_CHROMIUM", "/usr/bin/chromium"))

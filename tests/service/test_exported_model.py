@@ -8,16 +8,16 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from maskx.service.app import create_app
-from maskx.service.settings import Settings
-from maskx.service.testing import LiveServer
+from service.app import create_app
+from service.settings import Settings
+from service.testing import LiveServer
 
 from .test_live import assert_masks_match_reference_paste
 
 
 def _exported(trained_checkpoint: Path, tmp_path: Path) -> Path:
-    from maskx.export.onnx_export import build_metadata, export_model
-    from maskx.training.checkpoint import load_model_from_checkpoint
+    from training.checkpoint import load_model_from_checkpoint
+    from training.export.onnx_export import build_metadata, export_model
 
     model, vocab, ckpt = load_model_from_checkpoint(trained_checkpoint)
     meta = build_metadata(

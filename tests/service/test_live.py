@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from maskx.service.app import create_app
-from maskx.service.pipeline import Pipeline
-from maskx.service.runtime import load_runtime
-from maskx.service.settings import Settings
-from maskx.service.testing import FakeRuntime, LiveServer, make_image
+from service.app import create_app
+from service.pipeline import Pipeline
+from service.runtime import load_runtime
+from service.settings import Settings
+from service.testing import FakeRuntime, LiveServer, make_image
 
 JPEG = {"content-type": "image/jpeg"}
 

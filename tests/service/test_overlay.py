@@ -7,7 +7,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from maskx.service.overlay import (
+from service.overlay import (
     HUE_RANGES,
     class_color,
     family_color,

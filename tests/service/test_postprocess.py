@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from maskx.service.postprocess import (
+from service.postprocess import (
     SegmentParams,
     encode_region,
     encode_regions,
@@ -18,8 +18,8 @@ from maskx.service.postprocess import (
     postprocess_detections,
     rle_to_string,
 )
-from maskx.service.runtime import parse_metadata
-from maskx.service.testing import default_metadata, expected_outputs
+from service.runtime import parse_metadata
+from service.testing import default_metadata, expected_outputs
 
 
 def coco_counts(full: np.ndarray) -> str:
@@ -178,8 +178,8 @@ def test_pipeline_runs_numpy_blas_on_one_thread(model_path) -> None:  # type: ig
     # cores of the next ONNX Runtime run (2x slower measured). The paste needs no BLAS threads.
     from threadpoolctl import threadpool_info
 
-    from maskx.service.pipeline import Pipeline
-    from maskx.service.runtime import load_runtime
+    from service.pipeline import Pipeline
+    from service.runtime import load_runtime
 
     Pipeline(load_runtime(model_path, ["cpu"]))
     blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from maskx import cli
-from maskx.service import predict
-from maskx.service.overlay import class_color
-from maskx.service.schemas import SegmentResponse
-from maskx.service.testing import (
+from service import predict
+from service.overlay import class_color
+from service.schemas import SegmentResponse
+from service.testing import (
     BOX_FRACTIONS,
     CLASSES,
     LABELS,
@@ -25,7 +25,7 @@ from maskx.service.testing import (
     default_metadata,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "maskx" / "service" / "static" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "service" / "static" / "samples"
 
 
 @pytest.fixture(scope="module")

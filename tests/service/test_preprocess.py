@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskx.service.errors import ServiceError
-from maskx.service.preprocess import decode_image, model_input_size, pad_batch
-from maskx.service.testing import make_image
+from service.errors import ServiceError
+from service.preprocess import decode_image, model_input_size, pad_batch
+from service.testing import make_image
 
 LIMITS = {"min_size": 320, "max_size": 512, "max_pixels": 40_000_000}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from maskx.service.app import create_app
-from maskx.service.settings import Settings
-from maskx.service.testing import LiveServer, make_image
+from service.app import create_app
+from service.settings import Settings
+from service.testing import LiveServer, make_image
 
 PROMETHEUS = shutil.which("prometheus")
 QUERY = "histogram_quantile(0.5, sum by (le) (rate(maskx_request_duration_seconds_bucket[1m])))"

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from maskx.service.app import create_app
-from maskx.service.runtime import (
+from service.app import create_app
+from service.runtime import (
     OnnxRuntimeEngine,
     RawDetections,
     load_runtime,
     parse_metadata,
     select_providers,
 )
-from maskx.service.settings import Settings
-from maskx.service.testing import build_test_model, default_metadata, expected_outputs
+from service.settings import Settings
+from service.testing import build_test_model, default_metadata, expected_outputs
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from maskx.service.app import create_app
-from maskx.service.settings import Settings
-from maskx.service.testing import LiveServer
+from service.app import create_app
+from service.settings import Settings
+from service.testing import LiveServer
 
 SCHEMATHESIS = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from maskx.service.settings import Settings
+from service.settings import Settings
 
 
 def test_defaults_match_the_contract(clean_env: None) -> None:

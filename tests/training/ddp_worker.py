@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from maskx.training.config import load_config
-from maskx.training.engine import train
+from training.config import load_config
+from training.trainer import train
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maskx.training.config import TrainConfig, load_config
+from training.config import TrainConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from maskx.training.data.coco import CocoDataset, decode_segmentation
-from maskx.training.data.errors import DatasetError
-from maskx.training.data.vocab import ClassVocabulary
+from training.datasets.coco import CocoDataset, decode_segmentation
+from training.datasets.errors import DatasetError
+from training.datasets.vocab import ClassVocabulary
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "coco_tiny"
 ANN = FIXTURE / "annotations.json"
@@ -154,7 +154,7 @@ def test_coco_object_and_relabelling_into_another_vocabulary() -> None:
 
 
 def test_degenerate_boxes_are_logged_with_file_and_ids(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="maskx.training.data.coco"):
+    with caplog.at_level(logging.WARNING, logger="training.datasets.coco"):
         _dataset()
     [record] = [r for r in caplog.records if "degenerate" in r.getMessage()]
     msg = record.getMessage()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, Dataset, DistributedSampler, Subset
 
-from maskx.training.data.coco import CocoDataset
-from maskx.training.data.loader import (
+from training.datasets.coco import CocoDataset
+from training.datasets.loader import (
     GroupedBatchSampler,
     build_data_loader,
     collate_fn,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from maskx.data import coco_classes
+from training.class_tables import coco_classes
 
 WORDNET = Path("/usr/share/wordnet")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskx.data import coco_classes
-from maskx.training.data.errors import DatasetError
-from maskx.training.data.mixed import MixedDataset, coco_in_vocabulary
-from maskx.training.data.visual_genome import VisualGenomeDataset, build_vg_vocabulary
+from training.class_tables import coco_classes
+from training.datasets.errors import DatasetError
+from training.datasets.mixed import MixedDataset, coco_in_vocabulary
+from training.datasets.visual_genome import VisualGenomeDataset, build_vg_vocabulary
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VG = FIXTURES / "vg_tiny"
@@ -102,7 +102,7 @@ def test_multi_synset_objects_can_be_dropped_as_in_the_reference() -> None:
 
 
 def test_object_without_synsets_is_logged_with_file_and_id(caplog) -> None:
-    with caplog.at_level(logging.DEBUG, logger="maskx.training.data.visual_genome"):
+    with caplog.at_level(logging.DEBUG, logger="training.datasets.visual_genome"):
         _vg()
     messages = [r.getMessage() for r in caplog.records]
     summary = [m for m in messages if "without synsets" in m]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from maskx.data import coco_classes, synset_to_coco_name, voc_class_names
-from maskx.training.data.vocab import ClassVocabulary, mask_split
+from training.class_tables import coco_classes, synset_to_coco_name, voc_class_names
+from training.datasets.vocab import ClassVocabulary, mask_split
 
 PAIRS = [("person", 1), ("dog", 18), ("cup", 47), ("chair", 62), ("teddy bear", 88)]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskx.model.config import ConfigError
-from maskx.training.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
-from maskx.training.config import TrainConfig, load_config
-from maskx.training.engine import flip_batch, train
-from maskx.training.schedule import get_lr
+from model.config import ConfigError
+from training.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
+from training.config import TrainConfig, load_config
+from training.schedule import get_lr
+from training.trainer import flip_batch, train
 
 from .conftest import tiny_train_overrides
 

@@ -15,7 +15,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from maskx.training.evaluation import (
+from training.evaluation import (
     coco_evaluate,
     evaluate,
     predictions_to_coco_results,
@@ -302,7 +302,7 @@ def test_write_metrics_json_is_atomic_and_plain(tmp_path: Path) -> None:
 def test_metrics_table_shows_subsets_with_nothing_to_score_as_dashes() -> None:
     # Every class has masks (the oracle): pycocotools gives no AP for B, and the table must
     # still print instead of failing at the end of a finished training run.
-    from maskx.training.evaluate_cli import format_metrics
+    from training.evaluate_cli import format_metrics
 
     none = dict.fromkeys(("AP", "AP50", "AP75"))
     scored = {"AP": 0.28612, "AP50": 0.517, "AP75": 0.289}

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskx.cli import main as cli_main
-from maskx.training.synth import (
+from training.synth import (
     FAMILIES,
     FAMILY_VARIANTS,
     SynthConfig,
@@ -187,7 +187,7 @@ def test_canonical_shapes_fill_their_frame(family: str) -> None:
 
 
 def test_variants_of_a_family_have_different_masks() -> None:
-    from maskx.training.synth import _polygon_mask
+    from training.synth import _polygon_mask
 
     for family, variants in FAMILY_VARIANTS.items():
         masks = [

@@ -1,1 +1,0 @@
-"""maskx.training."""

@@ -1,0 +1,171 @@
+"""Model configuration: one typed dataclass that round-trips through a plain dict.
+
+The config is what checkpoints and ONNX metadata carry to rebuild a model; it stops at
+:func:`model.build_model`, the model classes themselves never see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKBONES = ("resnet50", "resnet101", "resnet18", "mobilenet_v3", "tiny")
+MASK_PREDICTORS = ("transfer", "class_agnostic", "class_specific")
+TRANSFER_INPUTS = ("cls", "box", "cls+box")
+TRANSFER_ACTIVATIONS = ("leaky_relu", "relu")
+NORMS = ("frozen_bn", "bn")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a Mask^X R-CNN model (no data paths, no training knobs).
+
+    Defaults are the paper's R-50-FPN settings with the Mask^X predictor
+    (``cls+box`` detection embedding, 2-layer LeakyReLU transfer, stop-gradient on).
+    """
+
+    num_classes: int = 80
+    """K, the number of object classes (background excluded); model labels are 1..K."""
+
+    # --- backbone -------------------------------------------------------------------------
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None
+    """Path of a local ``.pth`` state dict for the backbone trunk (never downloaded)."""
+    trainable_backbone_layers: int | None = None
+    """Backbone stages left trainable (0..5); default 3 with weights, 5 from scratch."""
+    norm: str | None = None
+    """``frozen_bn`` or ``bn``; default frozen with weights (torchvision's rule), bn otherwise."""
+    fpn_channels: int = 256
+    tiny_widths: tuple[int, ...] = (32, 64, 96, 128)
+    """Stage widths of the ``tiny`` backbone (a small ResNet-like trunk for CPU work)."""
+
+    # --- input scale ------------------------------------------------------------------------
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    size_divisible: int = 32
+
+    # --- RPN ----------------------------------------------------------------------------------
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    rpn_nms_thresh: float = 0.7
+
+    # --- box branch ---------------------------------------------------------------------------
+    box_head_dim: int = 1024
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    box_candidates_per_img: int | None = 1000
+    """Cap on (RoI, class) candidates entering NMS per image; ``None`` keeps all (torchvision)."""
+
+    # --- mask branch --------------------------------------------------------------------------
+    mask_head_dim: int = 256
+    mask_head_layers: int = 4
+    mask_predictor: str = "transfer"
+    transfer_input: str = "cls+box"
+    transfer_layers: int = 2
+    transfer_hidden: int = 256
+    transfer_activation: str = "leaky_relu"
+    stop_gradient: bool = True
+    mlp: bool = False
+    """Fuse the class-agnostic MLP mask branch (added to every class's FCN logits)."""
+    mlp_input_size: int = 28
+    """Spatial size the MLP reads (the 28×28 deconv map is average-pooled to this size; a
+    divisor of 28)."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes carried along (e.g. the model name); not used to build."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        _choice("backbone", self.backbone, BACKBONES)
+        _choice("mask_predictor", self.mask_predictor, MASK_PREDICTORS)
+        _choice("transfer_input", self.transfer_input, TRANSFER_INPUTS)
+        _choice("transfer_activation", self.transfer_activation, TRANSFER_ACTIVATIONS)
+        if self.norm is not None:
+            _choice("norm", self.norm, NORMS)
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        if self.transfer_layers not in (1, 2, 3):
+            raise ConfigError(f"transfer_layers must be 1, 2 or 3, got {self.transfer_layers!r}")
+        if self.trainable_backbone_layers is not None and not (
+            0 <= self.trainable_backbone_layers <= 5
+        ):
+            raise ConfigError(
+                "trainable_backbone_layers must be in [0, 5], "
+                f"got {self.trainable_backbone_layers!r}"
+            )
+        if self.min_size < 32 or self.max_size < self.min_size:
+            raise ConfigError(
+                f"need 32 <= min_size <= max_size, got min_size={self.min_size}, "
+                f"max_size={self.max_size}"
+            )
+        if self.mlp_input_size not in (1, 2, 4, 7, 14, 28):
+            raise ConfigError(
+                "mlp_input_size must divide the 28×28 mask (1, 2, 4, 7, 14 or 28), "
+                f"got {self.mlp_input_size!r}"
+            )
+        if self.box_candidates_per_img is not None and (
+            self.box_candidates_per_img < self.box_detections_per_img
+        ):
+            raise ConfigError(
+                "box_candidates_per_img must be None or >= box_detections_per_img "
+                f"({self.box_detections_per_img}), got {self.box_candidates_per_img}"
+            )
+        for name in ("fpn_channels", "box_head_dim", "mask_head_dim", "transfer_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ConfigError("image_mean and image_std must have 3 values (RGB)")
+
+    @property
+    def mask_resolution(self) -> int:
+        """Side M of the predicted box-local masks (RoIAlign 14 → deconv ×2)."""
+        return 28
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise an error that names them."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown model config field(s) {unknown}; allowed fields: {sorted(known)}"
+            )
+        kwargs = {}
+        for key, value in data.items():
+            if isinstance(value, list) and key != "extra":
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not supported; allowed values: {list(allowed)}")

@@ -1,0 +1,198 @@
+"""Training configuration: YAML files in ``configs/`` plus ``--set key=value`` overrides.
+
+A config has four sections — ``model`` (a :class:`model.ModelConfig`), ``data``,
+``solver`` and ``train`` — and round-trips through a plain dict, which checkpoints carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model import ModelConfig
+from model.config import ConfigError
+
+DATA_KINDS = ("coco", "vg", "coco_in_vg", "vg+coco")
+SCHEMES = ("end_to_end", "stage1", "stage2")
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is split into A (masks) and B (boxes only).
+
+    Relative paths are taken from ``root`` when it is set, else from the working directory.
+    """
+
+    kind: str = "coco"
+    """``coco`` (COCO-format json + images), ``vg`` (Visual Genome boxes), ``coco_in_vg`` (COCO
+    relabelled into the VG vocabulary: stage 2 of the VG model) or ``vg+coco`` (mixed)."""
+    root: str | None = None
+    train_annotations: str | None = None
+    train_images: str | None = None
+    val_annotations: str | None = None
+    val_images: str | None = None
+    mask_classes: str = "all"
+    """``all``, ``voc``, ``nonvoc``, ``none`` or a file of class names/ids (the set A)."""
+    vg_image_data: str | None = None
+    vg_objects: str | None = None
+    vg_images: str | None = None
+    vg_num_classes: int = 3000
+    workers: int = 2
+    drop_empty: bool = True
+    aspect_ratio_grouping: bool = True
+
+    def path(self, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(os.path.expanduser(value))
+        if not p.is_absolute() and self.root is not None:
+            p = Path(os.path.expanduser(self.root)) / p
+        return p
+
+
+@dataclass
+class SolverConfig:
+    """Optimisation: the paper's schedule is SGD, LR 0.02 for 16 images, 90k iterations with
+    steps at 60k and 80k; scale ``lr`` linearly with the total batch (``batch_size × GPUs ×
+    accumulate``)."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 2
+    """Images per process per micro-batch."""
+    accumulate: int = 1
+    max_iter: int = 90000
+    steps: tuple[int, ...] = (60000, 80000)
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad_norm: float | None = None
+    amp: str = "none"
+
+
+@dataclass
+class TrainLoopConfig:
+    scheme: str = "end_to_end"
+    seed: int = 0
+    device: str = "auto"
+    hflip_prob: float = 0.5
+    min_size_train: tuple[int, ...] = ()
+    """Multi-scale training: short sides to draw from (empty: the model's ``min_size``)."""
+    init_checkpoint: str | None = None
+    """Weights to start from (e.g. the stage-1 checkpoint for stage 2)."""
+    checkpoint_period: int = 1000
+    keep_checkpoints: int = 3
+    eval_period: int = 0
+    """Evaluate on the validation set every N steps (0: only at the end)."""
+    log_period: int = 20
+    deterministic: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("data.kind", self.data.kind, DATA_KINDS)
+        _choice("train.scheme", self.train.scheme, SCHEMES)
+        _choice("solver.optimizer", self.solver.optimizer, OPTIMIZERS)
+        _choice("solver.amp", self.solver.amp, AMP_MODES)
+        s = self.solver
+        if s.batch_size < 1 or s.accumulate < 1 or s.max_iter < 1:
+            raise ConfigError(
+                "solver.batch_size, solver.accumulate and solver.max_iter must be >= 1, got "
+                f"{s.batch_size}, {s.accumulate}, {s.max_iter}"
+            )
+        if list(s.steps) != sorted(s.steps):
+            raise ConfigError(f"solver.steps must be increasing, got {list(s.steps)}")
+        if not 0.0 <= self.train.hflip_prob <= 1.0:
+            raise ConfigError(f"train.hflip_prob must be in [0, 1], got {self.train.hflip_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "data": _plain(dataclasses.asdict(self.data)),
+            "solver": _plain(dataclasses.asdict(self.solver)),
+            "train": _plain(dataclasses.asdict(self.train)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        sections = {"model", "data", "solver", "train"}
+        unknown = sorted(set(data) - sections)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; allowed: {sorted(sections)}")
+        return cls(
+            model=ModelConfig.from_dict(dict(data.get("model") or {})),
+            data=_section(DataConfig, "data", data.get("data") or {}),
+            solver=_section(SolverConfig, "solver", data.get("solver") or {}),
+            train=_section(TrainLoopConfig, "train", data.get("train") or {}),
+        )
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {[f'{name}.{k}' for k in unknown]}; "
+                          f"allowed: {sorted(f'{name}.{k}' for k in known)}")  # fmt: skip
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not supported; allowed values: {list(allowed)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``solver.lr=0.01`` → (["solver", "lr"], 0.01); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set key must be section.field (e.g. solver.lr), got {key!r}")
+    return parts, yaml.safe_load(raw)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (or the defaults) and apply ``section.field=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"config section {section!r} is not a mapping")
+        data[section][key] = value
+    return TrainConfig.from_dict(data)

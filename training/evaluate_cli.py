@@ -1,0 +1,90 @@
+"""``maskx evaluate --checkpoint CKPT --annotations JSON --images DIR``: pycocotools AP on A, B
+and all classes, printed as a table and written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a maskx checkpoint (.pt)")
+    parser.add_argument("--annotations", required=True, help="COCO-format json of the eval set")
+    parser.add_argument("--images", required=True, help="image folder of the eval set")
+    parser.add_argument("--out", help="write metrics JSON here (default: next to the checkpoint)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--score-threshold", type=float, help="override the model's box_score_thresh"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A small table: rows (iou type, subset), columns AP / AP50 / AP75."""
+    lines = [f"{'':14}{'AP':>8}{'AP50':>8}{'AP75':>8}"]
+    for iou in ("segm", "bbox"):
+        for subset in ("A", "B", "all"):
+            s = metrics.get(iou, {}).get(subset)
+            if not s:
+                continue
+            # None: pycocotools had nothing to score (e.g. B when every class has masks).
+            cells = "".join(
+                f"{'-' if s.get(k) is None else format(s[k], '.3f'):>8}"
+                for k in ("AP", "AP50", "AP75")
+            )
+            lines.append(f"{iou + ' ' + subset:14}{cells}")
+    return "\n".join(lines)
+
+
+def run_evaluation(
+    checkpoint: str,
+    annotations: str,
+    images: str,
+    *,
+    device: str = "auto",
+    batch_size: int = 2,
+    workers: int = 0,
+    progress: bool = True,
+    score_threshold: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a COCO-format set labelled with the checkpoint's vocabulary."""
+    import torch
+
+    from training.checkpoint import load_model_from_checkpoint
+    from training.datasets import CocoDataset, build_data_loader
+    from training.evaluation import evaluate
+
+    model, vocab, _ = load_model_from_checkpoint(checkpoint)
+    if score_threshold is not None:
+        model.roi_heads.score_thresh = score_threshold
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    dataset = CocoDataset(annotations, images, vocab=vocab)
+    loader = build_data_loader(dataset, batch_size, workers=workers, shuffle=False)
+    return evaluate(model, loader, dataset.coco, vocab, device=device, progress=progress)
+
+
+def main(args: argparse.Namespace) -> int:
+    from training.checkpoint import CheckpointError
+    from training.datasets import DatasetError
+    from training.evaluation import write_metrics_json
+
+    try:
+        metrics = run_evaluation(
+            args.checkpoint, args.annotations, args.images, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+            score_threshold=args.score_threshold,
+        )  # fmt: skip
+    except (CheckpointError, DatasetError, FileNotFoundError) as exc:
+        print(f"maskx evaluate: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".metrics.json")
+    write_metrics_json(metrics, out)
+    print(format_metrics(metrics))
+    print(f"metrics written to {out}")
+    return 0
