@@ -52,17 +52,15 @@ def run_evaluation(
     score_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a COCO-format set labelled with the checkpoint's vocabulary."""
-    import torch
-
     from training.checkpoint import load_model_from_checkpoint
     from training.datasets import CocoDataset, build_data_loader
+    from training.distributed import resolve_device
     from training.evaluation import evaluate
 
     model, vocab, _ = load_model_from_checkpoint(checkpoint)
     if score_threshold is not None:
         model.roi_heads.score_thresh = score_threshold
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     model.to(device)
     dataset = CocoDataset(annotations, images, vocab=vocab)
     loader = build_data_loader(dataset, batch_size, workers=workers, shuffle=False)
