@@ -5,7 +5,7 @@ Knows nothing about files, HTTP or datasets (backbone weights come from a path t
 
 from .config import ConfigError, ModelConfig
 from .losses import box_losses, partial_mask_loss, project_masks_on_boxes
-from .maskx_rcnn import MaskXRCNN, build_mask_predictor, build_model
+from .maskx_rcnn import MaskXRCNN, build_mask_predictor, build_model, mask_rcnn_arguments
 from .predictors import (
     ClassAgnosticMaskPredictor,
     ClassSpecificBoxPredictor,
@@ -34,6 +34,7 @@ __all__ = [
     "build_mask_predictor",
     "build_model",
     "embedding_dim",
+    "mask_rcnn_arguments",
     "partial_mask_loss",
     "project_masks_on_boxes",
 ]
