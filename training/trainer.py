@@ -39,6 +39,7 @@ from model import MaskXRCNN, build_model
 from training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    init_from_checkpoint,
     load_checkpoint,
     rng_state,
     save_atomic,
@@ -47,6 +48,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
+from training.datasets.flip import FlipMap, flip_batch, flip_map_for
 from training.schedule import get_lr
 
 log = logging.getLogger("maskx.train")
@@ -122,21 +124,6 @@ def _epoch_batches(loader: DataLoader, epoch: int, skip: int) -> Iterator[Any]:
         generator=loader.generator,
     )
     yield from resumed
-
-
-def flip_batch(
-    images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], flips: torch.Tensor
-) -> None:
-    """Horizontally flip, in place, the images (and their boxes and masks) where ``flips``."""
-    for i in torch.where(flips)[0].tolist():
-        w = images[i].shape[-1]
-        images[i] = images[i].flip(-1)
-        t = targets[i]
-        boxes = t["boxes"].clone()
-        boxes[:, 0], boxes[:, 2] = w - t["boxes"][:, 2], w - t["boxes"][:, 0]
-        t["boxes"] = boxes
-        if "masks" in t:
-            t["masks"] = t["masks"].flip(-1)
 
 
 def set_trainable(model: MaskXRCNN, scheme: str) -> list[str]:
@@ -280,19 +267,13 @@ def train(
 
     train_set, val_set, vocab = build_datasets(cfg)
     prepare_model_config(cfg, len(vocab))
+    flip_map = flip_map_for(cfg.data.path(cfg.data.flip_map), vocab, log)
     model = build_model(cfg.model)
     if cfg.train.min_size_train:
         # torchvision picks a random short side from the tuple in training; eval uses the last.
         model.transform.min_size = (*cfg.train.min_size_train, cfg.model.min_size)
     if cfg.train.init_checkpoint:
-        init = load_checkpoint(cfg.train.init_checkpoint)
-        missing, unexpected = model.load_state_dict(init["model"], strict=False)
-        if unexpected:
-            raise ValueError(
-                f"train.init_checkpoint {cfg.train.init_checkpoint!r} does not match the model: "
-                f"unexpected keys {unexpected[:5]}"
-            )
-        log.info("initialised from %s (missing keys: %d)", cfg.train.init_checkpoint, len(missing))
+        init_from_checkpoint(model, cfg.train.init_checkpoint, cfg.train.init_parts, log)
     loss_keys = set_trainable(model, cfg.train.scheme)
     model.to(device)
     optimizer = build_optimizer(model, cfg)
@@ -372,7 +353,7 @@ def train(
                     group["lr"] = lr
                 loss_dict = _train_step(
                     ddp_model, optimizer, scaler, batches, cfg, step, loss_keys, device,
-                    autocast_dtype, dist_info,
+                    autocast_dtype, dist_info, flip_map,
                 )  # fmt: skip
                 step += 1
                 images_since += cfg.solver.batch_size * cfg.solver.accumulate * dist_info.world_size
@@ -425,6 +406,7 @@ def _train_step(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     dist_info: DistInfo,
+    flip_map: FlipMap | None = None,
 ) -> dict[str, float]:
     """One optimisation step over ``accumulate`` micro-batches; returns the mean losses."""
     optimizer.zero_grad(set_to_none=True)
@@ -438,7 +420,7 @@ def _train_step(
         )
         flips = torch.rand(len(images), generator=g) < cfg.train.hflip_prob
         images, targets = list(images), [dict(t) for t in targets]
-        flip_batch(images, targets, flips)
+        flip_batch(images, targets, flips, flip_map)
         images = [img.to(device, non_blocking=True) for img in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         sync = n == micro + 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
