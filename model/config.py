@@ -12,7 +12,8 @@ from typing import Any
 
 BACKBONES = ("resnet50", "resnet101", "resnet18", "mobilenet_v3", "tiny")
 MASK_PREDICTORS = ("transfer", "class_agnostic", "class_specific")
-TRANSFER_INPUTS = ("cls", "box", "cls+box")
+TRANSFER_INPUTS = ("cls", "box", "cls+box", "random", "attribute")
+HEAD_INITS = ("paper", "torch")
 TRANSFER_ACTIVATIONS = ("leaky_relu", "relu")
 NORMS = ("frozen_bn", "bn")
 
@@ -70,12 +71,22 @@ class ModelConfig:
     box_detections_per_img: int = 100
     box_candidates_per_img: int | None = 1000
     """Cap on (RoI, class) candidates entering NMS per image; ``None`` keeps all (torchvision)."""
+    head_init: str = "paper"
+    """``paper``: ``cls_score`` N(0, 0.01), ``bbox_pred`` N(0, 0.001), biases 0 (the authors'
+    Detectron code); ``torch``: PyTorch's default Linear init (earlier versions)."""
 
     # --- mask branch --------------------------------------------------------------------------
     mask_head_dim: int = 256
     mask_head_layers: int = 4
     mask_predictor: str = "transfer"
     transfer_input: str = "cls+box"
+    """τ's input: w_det (``cls``, ``box``, ``cls+box``) or, as controls, a fixed ``random``
+    vector per class or an ``attribute`` vector per class read from ``class_vectors``."""
+    class_vectors: str | None = None
+    """JSON file of K per-class vectors (category-id order) for ``transfer_input=attribute``;
+    the vectors are saved in the checkpoint's state dict as well."""
+    class_vectors_dim: int = 0
+    """Width of the ``random`` control's vectors (0: w_det's cls+box width)."""
     transfer_layers: int = 2
     transfer_hidden: int = 256
     transfer_activation: str = "leaky_relu"
@@ -99,6 +110,7 @@ class ModelConfig:
         _choice("mask_predictor", self.mask_predictor, MASK_PREDICTORS)
         _choice("transfer_input", self.transfer_input, TRANSFER_INPUTS)
         _choice("transfer_activation", self.transfer_activation, TRANSFER_ACTIVATIONS)
+        _choice("head_init", self.head_init, HEAD_INITS)
         if self.norm is not None:
             _choice("norm", self.norm, NORMS)
         if not isinstance(self.num_classes, int) or self.num_classes < 1:

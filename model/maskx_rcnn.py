@@ -6,8 +6,11 @@ stops at :func:`build_model`, which turns a :class:`ModelConfig` into one.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -15,7 +18,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads
 from torchvision.ops import MultiScaleRoIAlign
 
 from .backbones import build_backbone
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .predictors import (
     ClassAgnosticMaskPredictor,
     ClassSpecificBoxPredictor,
@@ -23,6 +26,7 @@ from .predictors import (
     MaskPredictor,
     MLPMaskBranch,
     WeightTransferMaskPredictor,
+    embedding_dim,
 )
 from .roi_heads import MaskXRoIHeads
 
@@ -107,7 +111,41 @@ def build_mask_predictor(cfg: ModelConfig) -> MaskPredictor:
         activation=cfg.transfer_activation,
         stop_gradient=cfg.stop_gradient,
         mlp=mlp,
+        class_vectors=fixed_class_vectors(cfg),
     )
+
+
+def fixed_class_vectors(cfg: ModelConfig) -> torch.Tensor | None:
+    """τ's fixed per-class input for the ``random`` and ``attribute`` controls, [K+1, E].
+
+    ``random``: N(0, 1/E) per class from torch's global generator (so the training seed
+    chooses them; they are saved in the state dict), E = ``class_vectors_dim`` or w_det's
+    cls+box width. ``attribute``: the rows of ``cfg.class_vectors`` (a JSON list of K vectors
+    in category-id order, e.g. ``class_attributes.json`` of ``maskx synth``). Row 0
+    (background) is zero. None for the other inputs.
+    """
+    if cfg.transfer_input == "random":
+        dim = cfg.class_vectors_dim or embedding_dim("cls+box", cfg.box_head_dim)
+        vectors = torch.randn(cfg.num_classes, dim) / dim**0.5
+    elif cfg.transfer_input == "attribute":
+        if not cfg.class_vectors:
+            raise ConfigError("transfer_input='attribute' needs model.class_vectors (a JSON file)")
+        path = Path(cfg.class_vectors)
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"model.class_vectors {str(path)!r} cannot be read: {exc}") from exc
+        if isinstance(rows, dict):
+            rows = rows.get("vectors")
+        vectors = torch.tensor(rows, dtype=torch.float32) if rows else torch.zeros(0)
+        if vectors.ndim != 2 or vectors.shape[0] != cfg.num_classes:
+            raise ConfigError(
+                f"model.class_vectors {str(path)!r} must hold {cfg.num_classes} vectors (one per "
+                f"class, category-id order), got shape {tuple(vectors.shape)}"
+            )
+    else:
+        return None
+    return torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
 
 
 def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None) -> dict[str, Any]:
@@ -169,7 +207,9 @@ def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> Mas
         backbone_weights: overrides ``cfg.backbone_weights`` (a local state-dict file).
     """
     return MaskXRCNN(
-        box_predictor=ClassSpecificBoxPredictor(cfg.box_head_dim, cfg.num_classes + 1),
+        box_predictor=ClassSpecificBoxPredictor(
+            cfg.box_head_dim, cfg.num_classes + 1, init=cfg.head_init
+        ),
         mask_predictor=build_mask_predictor(cfg),
         candidates_per_img=cfg.box_candidates_per_img,
         **mask_rcnn_arguments(cfg, backbone_weights=backbone_weights),

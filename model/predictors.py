@@ -23,16 +23,29 @@ class ClassSpecificBoxPredictor(nn.Module):
     Args:
         in_channels: D, the box head's feature width (1024 in the paper).
         num_classes: K + 1 (background included).
+        init: ``paper`` (default): weights N(0, 0.01) for ``cls_score`` and N(0, 0.001) for
+            ``bbox_pred``, biases 0, as in the authors' Detectron code; ``torch``: PyTorch's
+            default ``nn.Linear`` init (what earlier versions used; kept for comparison).
 
     Besides the torchvision ``forward`` (all classes), it offers :meth:`box_deltas` that
     regresses only the requested class of each RoI — the training loss and inference need no
     more, and the full ``[R, 4(K+1)]`` product costs 12 GFLOP per image at K=3000.
     """
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, init: str = "paper") -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_channels, num_classes)
         self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+        if init == "paper":
+            # Detectron's fast_rcnn_heads (the authors' code). These rows are w_det, the input
+            # of weight transfer: they should be mostly learned, not their random start, and
+            # PyTorch's default Linear init is 18-36x larger at D = 256..1024.
+            nn.init.normal_(self.cls_score.weight, std=0.01)
+            nn.init.normal_(self.bbox_pred.weight, std=0.001)
+            nn.init.zeros_(self.cls_score.bias)
+            nn.init.zeros_(self.bbox_pred.bias)
+        elif init != "torch":
+            raise ValueError(f"init must be 'paper' or 'torch', got {init!r}")
 
     @property
     def num_classes(self) -> int:
@@ -83,6 +96,11 @@ class WeightTransfer(nn.Module):
 
     Reference structure (2 layers): ``FC(E→H) → LeakyReLU(0.1) → FC(H→C)``, no activation at
     the end; 1 layer is a single FC; 3 layers add one more ``FC(H→H) → act``.
+
+    Initialisation as the authors' ``bbox2mask_weight_transfer``: every layer Caffe2
+    ``MSRAFill`` (normal, std √(2 / out_features): Kaiming with ``fan_out``, as detectron2's
+    ``c2_msra_fill``), biases 0. Each layer uses its own size: the 3-layer τ's middle
+    ``FC(H→H)`` gets √(2 / H), not a width taken from the input layer.
     """
 
     def __init__(
@@ -111,7 +129,7 @@ class WeightTransfer(nn.Module):
         self.layers = nn.Sequential(*layers)
         for m in self.layers:
             if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.01 if m is layers[-1] else (1.0 / dims[0]) ** 0.5)
+                nn.init.normal_(m.weight, std=(2.0 / m.out_features) ** 0.5)
                 nn.init.zeros_(m.bias)
 
     def forward(self, w_det: Tensor) -> Tensor:
@@ -249,11 +267,21 @@ class ClassAgnosticMaskPredictor(MaskPredictor):
         return weight.expand(n, -1), self.mask_fcn_logits.bias.expand(n)
 
 
+FIXED_CLASS_INPUTS = ("random", "attribute")
+"""τ inputs that are fixed per-class vectors instead of detection weights (controls)."""
+
+
 class WeightTransferMaskPredictor(MaskPredictor):
     """Mask^X: ``w_seg^c = τ(stopgrad(w_det^c))``, a bias-free 1×1 kernel per class.
 
     τ runs only on the distinct labels of the call (at most N rows), so its cost does not grow
     with K; :meth:`all_class_kernels` computes ``W_seg`` [K, D] once for export.
+
+    Controls for τ's input (``transfer_input`` ``random`` or ``attribute``): τ reads a fixed,
+    untrained vector per class from the buffer ``class_vectors`` [K+1, E] (row 0, background,
+    is zero) instead of w_det — a random vector per class (the paper's control: τ can then only
+    memorise A) or a description of the class (an upper bound for an embedding). Pass the
+    vectors as ``class_vectors``; the buffer is saved with the state dict.
     """
 
     def __init__(
@@ -267,17 +295,30 @@ class WeightTransferMaskPredictor(MaskPredictor):
         activation: str = "leaky_relu",
         stop_gradient: bool = True,
         mlp: MLPMaskBranch | None = None,
+        class_vectors: Tensor | None = None,
     ) -> None:
         super().__init__(in_channels, dim_reduced, mlp)
-        if transfer_input not in ("cls", "box", "cls+box"):
+        allowed = ("cls", "box", "cls+box", *FIXED_CLASS_INPUTS)
+        if transfer_input not in allowed:
             raise ValueError(
-                f"transfer_input={transfer_input!r} is not supported; "
-                "allowed values: ['cls', 'box', 'cls+box']"
+                f"transfer_input={transfer_input!r} is not supported; allowed values: {list(allowed)}"
             )
         self.transfer_input = transfer_input
         self.stop_gradient = stop_gradient
+        self.class_vectors: Tensor | None
+        if transfer_input in FIXED_CLASS_INPUTS:
+            if class_vectors is None or class_vectors.ndim != 2:
+                raise ValueError(
+                    f"transfer_input={transfer_input!r} needs class_vectors [K+1, E], got "
+                    f"{None if class_vectors is None else tuple(class_vectors.shape)}"
+                )
+            self.register_buffer("class_vectors", class_vectors.detach().float().clone())
+            in_features = class_vectors.shape[1]
+        else:
+            self.class_vectors = None
+            in_features = embedding_dim(transfer_input, box_head_dim)
         self.weight_transfer = WeightTransfer(
-            embedding_dim(transfer_input, box_head_dim),
+            in_features,
             dim_reduced,
             hidden=hidden,
             num_layers=num_layers,
@@ -287,9 +328,11 @@ class WeightTransferMaskPredictor(MaskPredictor):
     def class_kernels(
         self, labels: Tensor, box_predictor: ClassSpecificBoxPredictor | None
     ) -> tuple[Tensor, Tensor | None]:
+        unique, inverse = torch.unique(labels, return_inverse=True)
+        if self.class_vectors is not None:
+            return self.weight_transfer(self.class_vectors[unique])[inverse], None
         if box_predictor is None:
             raise ValueError("the weight-transfer mask predictor needs the box predictor's weights")
-        unique, inverse = torch.unique(labels, return_inverse=True)
         w_det = box_predictor.detection_embedding(unique, self.transfer_input)
         if self.stop_gradient:
             w_det = w_det.detach()

@@ -120,3 +120,77 @@ def load_model_from_checkpoint(path: str | os.PathLike):
             f"{cfg.num_classes}"
         )
     return model.eval(), vocab, ckpt
+
+
+# Parameter-name prefixes of the parts a training run can take from another checkpoint.
+INIT_PARTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone.",),
+    "rpn": ("rpn.",),
+    "box_head": ("roi_heads.box_head.",),
+    "box_predictor": ("roi_heads.box_predictor.",),
+    "mask_head": ("roi_heads.mask_head.",),
+    "mask_predictor": ("roi_heads.mask_predictor.",),
+}
+MASK_BRANCH = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
+
+
+def init_from_checkpoint(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    parts: tuple[str, ...] | list[str] = (),
+    log: Any = None,
+) -> dict[str, list[str]]:
+    """Initialise ``model`` from the weights of another run (``train.init_checkpoint``).
+
+    ``parts`` (names of :data:`INIT_PARTS`; empty: all) limits what is taken — e.g.
+    ``backbone`` alone to start an A/B run from features pretrained on other classes. Within
+    those parts every weight of matching name and shape is copied. The **mask branch** may be
+    of another kind than the checkpoint's (stage 1 never trains it): mask-branch weights that
+    the model lacks or that differ in shape are skipped and the model's own mask branch keeps
+    its initialisation; this is logged. Any other weight the checkpoint has but the model
+    cannot take is an error (it means another architecture, not another mask head).
+
+    Returns ``{"loaded", "kept_own_init", "skipped"}``: parameter names loaded from the file,
+    model parameters left at their own initialisation, checkpoint entries not used.
+    """
+    unknown = sorted(set(parts) - set(INIT_PARTS))
+    if unknown:
+        raise ValueError(f"train.init_parts: unknown {unknown}; allowed: {sorted(INIT_PARTS)}")
+    prefixes = tuple(p for name in (parts or INIT_PARTS) for p in INIT_PARTS[name])
+    source = load_checkpoint(path)["model"]
+    target = model.state_dict()
+    take: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
+    mismatched: list[str] = []
+    for name, value in source.items():
+        if not name.startswith(prefixes):
+            skipped.append(name)
+        elif name in target and target[name].shape == value.shape:
+            take[name] = value
+        elif name.startswith(MASK_BRANCH):
+            skipped.append(name)  # a mask branch of another kind: the model keeps its own
+        else:
+            have = tuple(target[name].shape) if name in target else "absent"
+            mismatched.append(f"{name} (file {tuple(value.shape)}, model {have})")
+    if mismatched:
+        raise CheckpointError(
+            f"train.init_checkpoint {str(path)!r} does not match the model: {mismatched[:5]}"
+            + ("" if parts else "; choose the parts to take with train.init_parts")
+        )
+    model.load_state_dict(take, strict=False)
+    own = [n for n in target if n not in take and n.startswith(prefixes)]
+    own += [n for n in target if not n.startswith(prefixes)]
+    if log is not None:
+        mask_own = [n for n in own if n.startswith(MASK_BRANCH)]
+        mask_skipped = [n for n in skipped if n.startswith(MASK_BRANCH) and n.startswith(prefixes)]
+        log.info(
+            "initialised %d tensors from %s (parts: %s); %d keep their own initialisation",
+            len(take), path, ", ".join(parts) or "all", len(own),
+        )  # fmt: skip
+        if mask_skipped:
+            log.info(
+                "the checkpoint's mask branch is of another kind (%d tensors not taken, e.g. %s): "
+                "the mask branch starts from its own initialisation (%d tensors)",
+                len(mask_skipped), mask_skipped[0], len(mask_own),
+            )  # fmt: skip
+    return {"loaded": sorted(take), "kept_own_init": sorted(own), "skipped": sorted(skipped)}

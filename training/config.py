@@ -47,6 +47,9 @@ class DataConfig:
     workers: int = 2
     drop_empty: bool = True
     aspect_ratio_grouping: bool = True
+    flip_map: str | None = None
+    """JSON file of mirror class pairs swapped by a horizontal flip (and classes no flip maps,
+    which turn flipping off); see ``training.datasets.flip``. None: every class is symmetric."""
 
     def path(self, value: str | None) -> Path | None:
         if value is None:
@@ -89,6 +92,10 @@ class TrainLoopConfig:
     """Multi-scale training: short sides to draw from (empty: the model's ``min_size``)."""
     init_checkpoint: str | None = None
     """Weights to start from (e.g. the stage-1 checkpoint for stage 2)."""
+    init_parts: tuple[str, ...] = ()
+    """Parts taken from ``init_checkpoint`` (``backbone``, ``rpn``, ``box_head``,
+    ``box_predictor``, ``mask_head``, ``mask_predictor``; empty: all that match). A mask
+    branch of another kind than the checkpoint's always keeps its own initialisation."""
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
     eval_period: int = 0

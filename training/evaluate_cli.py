@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score-threshold", type=float, help="override the model's box_score_thresh"
     )
+    parser.add_argument(
+        "--mask-classes",
+        metavar="SPEC",
+        help="score A/B with this split instead of the checkpoint's own: all, voc, nonvoc, "
+        "none or a file of class names/ids (e.g. an oracle, trained with every class as a "
+        "mask class, scored on the B of a partially supervised split)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -50,14 +57,22 @@ def run_evaluation(
     workers: int = 0,
     progress: bool = True,
     score_threshold: float | None = None,
+    mask_classes: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a COCO-format set labelled with the checkpoint's vocabulary."""
+    """Evaluate a checkpoint on a COCO-format set labelled with the checkpoint's vocabulary.
+
+    ``mask_classes``: the A/B split the subsets are scored on (a ``data.mask_classes`` spec);
+    None keeps the checkpoint's own. This is the one evaluation routine: ``maskx evaluate``
+    and ``maskx bench experiment`` both call it.
+    """
     from training.checkpoint import load_model_from_checkpoint
     from training.datasets import CocoDataset, build_data_loader
     from training.distributed import resolve_device
     from training.evaluation import evaluate
 
     model, vocab, _ = load_model_from_checkpoint(checkpoint)
+    if mask_classes is not None:
+        vocab = vocab.with_mask_split(mask_classes)
     if score_threshold is not None:
         model.roi_heads.score_thresh = score_threshold
     device = str(resolve_device(device))
@@ -76,9 +91,9 @@ def main(args: argparse.Namespace) -> int:
         metrics = run_evaluation(
             args.checkpoint, args.annotations, args.images, device=args.device,
             batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-            score_threshold=args.score_threshold,
+            score_threshold=args.score_threshold, mask_classes=args.mask_classes,
         )  # fmt: skip
-    except (CheckpointError, DatasetError, FileNotFoundError) as exc:
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as exc:
         print(f"maskx evaluate: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".metrics.json")

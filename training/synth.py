@@ -77,6 +77,16 @@ TEXTURES: tuple[str, ...] = ("flat", "stripes", "dots", "checker")
 
 SPLITS: tuple[str, ...] = ("train", "val")
 
+# Shapes that a horizontal flip turns into another shape of their family (every other shape is
+# its own mirror image), and textures that a flip turns into a pattern no class has (the 45°
+# stripes become 135° stripes).
+MIRROR_VARIANTS: dict[str, dict[str, str]] = {
+    "crescent": {"left": "right", "right": "left"},
+    "L": {"normal": "mirrored", "mirrored": "normal"},
+    "arrow": {"right": "left", "left": "right"},
+}
+UNMIRRORED_TEXTURES: tuple[str, ...] = ("stripes",)
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -246,6 +256,41 @@ def choose_mask_classes(classes: Sequence[SynthClass], config: SynthConfig) -> l
     for i in rng.permutation(rest)[: max(0, target - len(chosen))]:
         chosen.add(int(i))
     return [classes[i].name for i in sorted(chosen)]
+
+
+def flip_map(classes: Sequence[SynthClass]) -> dict[str, Any]:
+    """The dataset's flip map (``training.datasets.flip``): pairs of classes a horizontal flip
+    swaps (mirror shapes of one appearance), and classes whose flip is no class of the table
+    (a mirror shape whose partner in that appearance was not drawn, or a striped texture)."""
+    names = {c.name for c in classes}
+    pairs, unflippable = [], []
+    for c in classes:
+        mirror = MIRROR_VARIANTS.get(c.family, {}).get(c.variant)
+        other = SynthClass(c.family, mirror, c.colour, c.texture).name if mirror else None
+        if c.texture in UNMIRRORED_TEXTURES or (other is not None and other not in names):
+            unflippable.append(c.name)
+        elif other is not None and c.name < other:
+            pairs.append([c.name, other])
+    return {
+        "pairs": pairs,
+        "unflippable": unflippable,
+        "reason": "a flipped arrow, L or crescent whose mirror class is not in the table, or "
+        "a flipped striped texture, would be shown under a label it does not have",
+    }
+
+
+def class_attribute_vectors(classes: Sequence[SynthClass]) -> list[list[float]]:
+    """One-hot shape, colour and texture of each class (the attribute τ control's input)."""
+    shapes = sorted({c.shape for c in classes})
+    colours, textures = list(COLOURS), list(TEXTURES)
+    out = []
+    for c in classes:
+        v = [0.0] * (len(shapes) + len(colours) + len(textures))
+        v[shapes.index(c.shape)] = 1.0
+        v[len(shapes) + colours.index(c.colour)] = 1.0
+        v[len(shapes) + len(colours) + textures.index(c.texture)] = 1.0
+        out.append(v)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,6 +788,11 @@ def generate_dataset(
         )
     bar.close()
     (out / "mask_classes_A.txt").write_text("\n".join(mask_classes) + "\n", encoding="utf-8")
+    _write_json(out / "flip_map.json", flip_map(classes))
+    _write_json(out / "class_attributes.json", {
+        "description": "per class one-hot shape, colour, texture (category-id order)",
+        "names": [c.name for c in classes], "vectors": class_attribute_vectors(classes),
+    })  # fmt: skip
     meta = {
         "generator": "training.synth",
         "version": GENERATOR_VERSION,
@@ -750,6 +800,8 @@ def generate_dataset(
         "image_dirs": {s: f"images/{s}" for s in SPLITS},
         "annotations": {s: f"annotations/instances_{s}.json" for s in SPLITS},
         "mask_classes_file": "mask_classes_A.txt",
+        "flip_map_file": "flip_map.json",
+        "class_attributes_file": "class_attributes.json",
         "num_classes": len(classes),
         "num_mask_classes": len(mask_classes),
         "num_images": counts,

@@ -29,10 +29,18 @@ def _families(value: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SynthConfig()
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    parser.add_argument("--classes", type=int, default=d.num_classes, help="number of classes K")
-    parser.add_argument("--images", type=int, default=d.train_images, help="training images")
-    parser.add_argument("--val-images", type=int, default=d.val_images, help="validation images")
-    parser.add_argument("--image-size", type=int, default=d.image_size, help="side in pixels")
+    parser.add_argument(
+        "--preset",
+        choices=("shapes", "hue_ring"),
+        default="shapes",
+        help="shapes: classes = shape x appearance (the options below); hue_ring: 36 hue "
+        "classes on random blobs with annotated partners, A = every third class (only "
+        "--classes, --images, --val-images, --image-size, --seed apply; docs/synthetic.md)",
+    )
+    parser.add_argument("--classes", type=int, help=f"number of classes K ({d.num_classes})")
+    parser.add_argument("--images", type=int, help=f"training images ({d.train_images})")
+    parser.add_argument("--val-images", type=int, help=f"validation images ({d.val_images})")
+    parser.add_argument("--image-size", type=int, help=f"side in pixels ({d.image_size})")
     parser.add_argument("--min-objects", type=int, default=d.min_objects)
     parser.add_argument("--max-objects", type=int, default=d.max_objects)
     parser.add_argument(
@@ -72,11 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from training.synth import generate_dataset, render_preview
 
+    if args.preset == "hue_ring":
+        return _hue_ring(args)
+    d = SynthConfig()
     config = SynthConfig(
-        num_classes=args.classes,
-        train_images=args.images,
-        val_images=args.val_images,
-        image_size=args.image_size,
+        num_classes=d.num_classes if args.classes is None else args.classes,
+        train_images=d.train_images if args.images is None else args.images,
+        val_images=d.val_images if args.val_images is None else args.val_images,
+        image_size=d.image_size if args.image_size is None else args.image_size,
         min_objects=args.min_objects,
         max_objects=args.max_objects,
         families=tuple(args.families),
@@ -104,5 +115,35 @@ def main(args: argparse.Namespace) -> int:
         f"wrote {out}: {meta['num_classes']} classes ({meta['num_mask_classes']} in A), "
         f"{meta['num_images']['train']} train / {meta['num_images']['val']} val images, "
         f"{meta['num_annotations']['train']} / {meta['num_annotations']['val']} instances"
+    )
+    return 0
+
+
+def _hue_ring(args: argparse.Namespace) -> int:
+    from training.synth import render_preview
+    from training.synth_hue import HueRingConfig, generate_hue_ring
+
+    sizes = {"num_classes": args.classes, "train_images": args.images,
+             "val_images": args.val_images, "image_size": args.image_size}  # fmt: skip
+    config = HueRingConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"maskx synth: {exc}", file=sys.stderr)
+        return 2
+    out: Path = args.out
+    if (out / "dataset.json").exists() and not args.overwrite:
+        print(f"maskx synth: {out / 'dataset.json'} exists; pass --overwrite to replace it",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    meta = generate_hue_ring(out, config, progress=not args.no_progress)
+    if args.preview > 0 and config.train_images > 0:
+        render_preview(out, out / "preview.png", n=args.preview)
+    print(
+        f"wrote {out}: hue_ring, {meta['num_classes']} classes ({meta['num_mask_classes']} in A), "
+        f"{meta['num_images']['train']} train / {meta['num_images']['val']} val images, "
+        f"{meta['num_annotations']['train']} / {meta['num_annotations']['val']} instances; "
+        f"{100 * meta['val_share_with_partner_box_iou_ge_0.6']:.0f} % of val instances have a "
+        "partner box with IoU >= 0.6"
     )
     return 0

@@ -41,6 +41,7 @@ from model import MaskXRCNN, build_model
 from training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    init_from_checkpoint,
     load_checkpoint,
     rng_state,
     save_atomic,
@@ -49,6 +50,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
+from training.datasets.flip import flip_batch, flip_map_for
 from training.distributed import init_distributed
 from training.schedule import get_lr
 
@@ -87,21 +89,6 @@ def _epoch_batches(loader: DataLoader, epoch: int, skip: int) -> Iterator[Any]:
         generator=loader.generator,
     )
     yield from resumed
-
-
-def flip_batch(
-    images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], flips: torch.Tensor
-) -> None:
-    """Horizontally flip, in place, the images (and their boxes and masks) where ``flips``."""
-    for i in torch.where(flips)[0].tolist():
-        w = images[i].shape[-1]
-        images[i] = images[i].flip(-1)
-        t = targets[i]
-        boxes = t["boxes"].clone()
-        boxes[:, 0], boxes[:, 2] = w - t["boxes"][:, 2], w - t["boxes"][:, 0]
-        t["boxes"] = boxes
-        if "masks" in t:
-            t["masks"] = t["masks"].flip(-1)
 
 
 def set_trainable(model: MaskXRCNN, scheme: str) -> list[str]:
@@ -223,12 +210,13 @@ class Trainer:
 
         self.train_set, self.val_set, self.vocab = build_datasets(cfg)
         self.cfg = cfg = resolve_model_config(cfg, len(self.vocab))
+        self.flip_map = flip_map_for(cfg.data.path(cfg.data.flip_map), self.vocab, log)
         self.model = build_model(cfg.model)
         if cfg.train.min_size_train:
             # torchvision picks a random short side from the tuple in training; eval uses the last.
             self.model.transform.min_size = (*cfg.train.min_size_train, cfg.model.min_size)
         if cfg.train.init_checkpoint:
-            self._initialise_from(cfg.train.init_checkpoint)
+            init_from_checkpoint(self.model, cfg.train.init_checkpoint, cfg.train.init_parts, log)
         self.loss_keys = set_trainable(self.model, cfg.train.scheme)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -397,16 +385,6 @@ class Trainer:
         return TrainResult(model=self.model, metrics=self.metrics, step=self.iter)
 
     # ------------------------------------------------------------------------ helpers
-    def _initialise_from(self, path: str) -> None:
-        init = load_checkpoint(path)
-        missing, unexpected = self.model.load_state_dict(init["model"], strict=False)
-        if unexpected:
-            raise ValueError(
-                f"train.init_checkpoint {path!r} does not match the model: "
-                f"unexpected keys {unexpected[:5]}"
-            )
-        log.info("initialised from %s (missing keys: %d)", path, len(missing))
-
     def _resume_from(self, last: Path) -> None:
         ckpt = load_checkpoint(last)
         self.model.load_state_dict(ckpt["model"])
@@ -441,7 +419,7 @@ class Trainer:
         )
         flips = torch.rand(len(images), generator=g) < cfg.train.hflip_prob
         images, targets = list(images), [dict(t) for t in targets]
-        flip_batch(images, targets, flips)
+        flip_batch(images, targets, flips, self.flip_map)
         images = [img.to(device, non_blocking=True) for img in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         sync = n == micro + 1 or not self.dist.enabled

@@ -69,11 +69,71 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "transfer + MLP, no stop-grad",
         ("model.mask_predictor=transfer", "model.mlp=true", "model.stop_gradient=false"),
     ),
+    # transfer + MLP with PyTorch's default Linear init of cls_score / bbox_pred (the init of
+    # earlier versions): how far w_det moves from its start with each init.
+    "transfer_mlp_torch_init": (
+        "transfer + MLP, PyTorch init",
+        ("model.mask_predictor=transfer", "model.mlp=true", "model.head_init=torch"),
+    ),
+    # Controls for τ's input (+ MLP, as transfer + MLP): a fixed random vector per class (τ
+    # can only memorise A) and the class's attribute vector (DATA/class_attributes.json).
+    "random_tau": (
+        "random-vector τ + MLP",
+        ("model.mask_predictor=transfer", "model.mlp=true", "model.transfer_input=random"),
+    ),
+    "attribute_tau": (
+        "attribute τ + MLP",
+        (
+            "model.mask_predictor=transfer",
+            "model.mlp=true",
+            "model.transfer_input=attribute",
+            "model.class_vectors={root}/class_attributes.json",
+        ),
+    ),
+    # Stage-wise: a detector on all boxes first (stage1, shared by both), then the mask
+    # branch alone (stage 2) from its checkpoint, each stage with the whole budget.
+    "stage1": (
+        "stage 1 (detector)",
+        ("train.scheme=stage1", "model.mask_predictor=class_agnostic", "model.mlp=false"),
+    ),
+    "stagewise_transfer_mlp": (
+        "stage-wise transfer + MLP",
+        (
+            "train.scheme=stage2",
+            "model.mask_predictor=transfer",
+            "model.mlp=true",
+            "train.init_checkpoint={out}/stage1/seed{seed}/checkpoints/model_final.pt",
+        ),
+    ),
+    "stagewise_agnostic_mlp": (
+        "stage-wise class-agnostic + MLP",
+        (
+            "train.scheme=stage2",
+            "model.mask_predictor=class_agnostic",
+            "model.mlp=true",
+            "train.init_checkpoint={out}/stage1/seed{seed}/checkpoints/model_final.pt",
+        ),
+    ),
 }
-# Display order (table, chart): baselines, Mask^X variants, oracle.
+# Display order (table, chart): baselines, Mask^X variants, controls, stage-wise, oracle.
 DISPLAY_ORDER = (
-    "agnostic", "agnostic_mlp", "transfer", "transfer_mlp", "transfer_mlp_nostop", "oracle",
+    "agnostic", "agnostic_mlp", "transfer", "transfer_mlp", "transfer_mlp_nostop",
+    "transfer_mlp_torch_init", "random_tau", "attribute_tau", "stage1", "stagewise_agnostic_mlp", "stagewise_transfer_mlp",
+    "oracle",
 )  # fmt: skip
+# A variant that needs another variant's run of the same seed finished first.
+DEPENDS = {"stagewise_transfer_mlp": "stage1", "stagewise_agnostic_mlp": "stage1"}
+# The variants of each preset when --variants is not given.
+PRESET_VARIANTS = {
+    "main": ("agnostic", "oracle", "transfer_mlp", "transfer", "agnostic_mlp",
+             "transfer_mlp_nostop"),
+    "hue_ring": ("agnostic", "oracle", "transfer_mlp", "transfer", "agnostic_mlp", "random_tau",
+                 "attribute_tau", "stage1", "stagewise_transfer_mlp", "stagewise_agnostic_mlp"),
+}  # fmt: skip
+PRESET_CONFIG = {"main": DEFAULT_CONFIG, "hue_ring": "configs/experiment_hue.yaml"}
+# Dataset of the mechanism experiment (training.synth_hue.HueRingConfig otherwise).
+HUE_DATA = {"classes": 36, "images": 1000, "val_images": 300, "image_size": 80}
+HUE_QUICK = {"steps": 12, "batch_size": 4, "images": 40, "val_images": 16, "seeds": [0]}
 
 # (key in results, iou type, subset, statistic) read from each run's metrics.json.
 METRICS: tuple[tuple[str, str, str, str], ...] = (
@@ -97,12 +157,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path,
                         help="experiment folder (run folders, results.json, chart); default "
                              "artifacts/experiment/full, or artifacts/experiment/quick with --quick")  # fmt: skip
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="base training config (YAML)")
+    parser.add_argument("--preset", choices=list(PRESET_VARIANTS), default="main",
+                        help="main: the 100-class shapes set (configs/experiment_synth.yaml); "
+                             "hue_ring: the mechanism set of `maskx synth --preset hue_ring` "
+                             "(configs/experiment_hue.yaml)")  # fmt: skip
+    parser.add_argument("--config", help="base training config (YAML; default: the preset's)")
     parser.add_argument("--data-root", type=Path,
                         help="use this synthetic set instead of generating OUT/data")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="variants to run (default: all six)")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="variants to run (default: the preset's)")  # fmt: skip
     parser.add_argument("--steps", type=int,
                         help="solver.max_iter of every run (LR steps scale with it)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, help="solver.batch_size of every run")
@@ -148,6 +212,8 @@ class Run:
     seed: int
     folder: Path
     overrides: tuple[str, ...]
+    after: Path | None = None
+    """A run folder that must hold a finished run before this one starts (stage 1)."""
 
     @property
     def done(self) -> bool:
@@ -188,8 +254,22 @@ def plan_runs(
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; allowed: {list(VARIANTS)}")
     order = [v for v in VARIANTS if v in variants]
+    missing = sorted({DEPENDS[v] for v in order if v in DEPENDS} - set(order))
+    if missing:
+        raise ValueError(f"variants {[v for v in order if v in DEPENDS]} need {missing} too")
+    root = next((o.split("=", 1)[1] for o in common if o.startswith("data.root=")), "")
+
+    def fill(o: str, s: int) -> str:
+        return o.format(out=out, seed=s, root=root)
+
     return [
-        Run(v, s, out / v / f"seed{s}", (*common, f"train.seed={s}", *VARIANTS[v][1]))
+        Run(
+            v,
+            s,
+            out / v / f"seed{s}",
+            (*common, f"train.seed={s}", *(fill(o, s) for o in VARIANTS[v][1])),
+            out / DEPENDS[v] / f"seed{s}" if v in DEPENDS else None,
+        )
         for s in seeds
         for v in order
     ]
@@ -206,12 +286,13 @@ def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
     have = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     fields = [("solver", k) for k in expected["solver"]]
     fields += [("model", k) for k in ("mask_predictor", "mlp", "stop_gradient", "mlp_input_size",
-                                      "backbone", "min_size", "box_score_thresh")]  # fmt: skip
-    fields += [("data", "mask_classes"), ("train", "seed")]
+                                      "backbone", "min_size", "box_score_thresh",
+                                      "transfer_input", "head_init")]  # fmt: skip
+    fields += [("data", "mask_classes"), ("train", "seed"), ("train", "scheme")]
     diff = {
         f"{sec}.{key}": (have.get(sec, {}).get(key), expected[sec][key])
         for sec, key in fields
-        if have.get(sec, {}).get(key) != expected[sec][key]
+        if have.get(sec, {}).get(key, expected[sec][key]) != expected[sec][key]
     }
     if diff:
         raise ValueError(
@@ -221,6 +302,27 @@ def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------ data
+def ensure_hue_dataset(root: Path, params: dict[str, Any]) -> Path:
+    """Generate the ``hue_ring`` set in ``root`` unless it is there with the same sizes."""
+    from training.synth_hue import HueRingConfig, generate_hue_ring
+
+    cfg = HueRingConfig(num_classes=params["classes"], train_images=params["images"],
+                        val_images=params["val_images"], image_size=params["image_size"])  # fmt: skip
+    meta_path = root / "dataset.json"
+    if meta_path.is_file():
+        have = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
+        diff = {k: (have.get(k), v) for k, v in cfg.to_json().items() if have.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{meta_path}: the dataset there was made with other parameters "
+                f"(have, wanted): {diff}; choose another --out or pass --data-root"
+            )
+        return root
+    print(f"generating the hue_ring set in {root} ...", flush=True)
+    generate_hue_ring(root, cfg)
+    return root
+
+
 def ensure_dataset(root: Path, params: dict[str, Any]) -> Path:
     """Generate the synthetic set in ``root`` unless it is there with the same parameters."""
     from training.synth import SynthConfig, generate_dataset
@@ -287,6 +389,10 @@ def execute(runs: Sequence[Run], config: str, jobs: int, threads: int) -> list[R
     failed: list[Run] = []
     if jobs <= 1:
         for r in todo:
+            if r.after is not None and not (r.after / "metrics.json").is_file():
+                failed.append(r)
+                print(f"  {r.variant}/seed{r.seed}: skipped, {r.after} has not finished")
+                continue
             t0 = time.perf_counter()
             print(f"  {r.variant}/seed{r.seed}: training ...", flush=True)
             run_in_process(config, r)
@@ -300,7 +406,17 @@ def execute(runs: Sequence[Run], config: str, jobs: int, threads: int) -> list[R
     active: list[tuple[Run, subprocess.Popen, Any, float]] = []
     while pending or active:
         while pending and len(active) < jobs:
-            r = pending.pop(0)
+            ready = [p for p in pending if p.after is None or (p.after / "metrics.json").is_file()]
+            blocked = [p for p in pending if p.after is not None and p.after in
+                       {f.folder for f in failed}]  # fmt: skip
+            for p in blocked:
+                pending.remove(p)
+                failed.append(p)
+                print(f"  {p.variant}/seed{p.seed}: not started, {p.after} failed", flush=True)
+            if not ready:
+                break
+            r = ready[0]
+            pending.remove(r)
             r.folder.mkdir(parents=True, exist_ok=True)
             log = open(r.folder / "train.log", "a", encoding="utf-8")  # noqa: SIM115
             proc = subprocess.Popen(
@@ -308,6 +424,15 @@ def execute(runs: Sequence[Run], config: str, jobs: int, threads: int) -> list[R
             )
             print(f"  {r.variant}/seed{r.seed}: started (pid {proc.pid})", flush=True)
             active.append((r, proc, log, time.perf_counter()))
+        if (
+            pending
+            and not active
+            and not any(p.after is None or (p.after / "metrics.json").is_file() for p in pending)
+        ):
+            for p in pending:
+                failed.append(p)
+                print(f"  {p.variant}/seed{p.seed}: not started, {p.after} not finished")
+            break
         time.sleep(1.0)
         for item in list(active):
             r, proc, log, t0 = item
@@ -357,32 +482,22 @@ def evaluate_on_split(run: Run, root: Path, batch_size: int = 8) -> Path | None:
     ``RUN/metrics_AB.json``, which :func:`read_run` then prefers. Returns that path, or None
     when the run has no final checkpoint or no split file is there.
     """
-    from types import SimpleNamespace
-
-    from training.checkpoint import load_model_from_checkpoint
-    from training.datasets import CocoDataset, build_data_loader
-    from training.evaluation import evaluate, write_metrics_json
+    from training.checkpoint import load_checkpoint
+    from training.evaluate_cli import run_evaluation
+    from training.evaluation import write_metrics_json
 
     ckpt_path = run.folder / "checkpoints" / "model_final.pt"
     split_file = root / "mask_classes_A.txt"
     if not ckpt_path.is_file() or not split_file.is_file():
         return None
-    model, vocab, ckpt = load_model_from_checkpoint(ckpt_path)
-    a_names = set(split_file.read_text(encoding="utf-8").split())
-    unknown = sorted(a_names - set(vocab.names))
-    if unknown:
-        raise ValueError(f"{split_file}: classes {unknown[:5]} are not in {ckpt_path}'s vocabulary")
-    split = SimpleNamespace(
-        names=list(vocab.names),
-        mask_classes=[n in a_names for n in vocab.names],
-        source_ids=list(vocab.source_ids),
-    )
+    ckpt = load_checkpoint(ckpt_path)
     data = ckpt["train_config"]["data"]
-    ann = root / data["val_annotations"]
-    images = root / data["val_images"]
-    dataset = CocoDataset(ann, images, vocab=vocab)
-    loader = build_data_loader(dataset, batch_size, workers=0, shuffle=False)
-    metrics = evaluate(model, loader, dataset.coco, split, progress=False)
+    # The same routine as `maskx evaluate --mask-classes SPLIT_FILE`.
+    metrics = run_evaluation(
+        str(ckpt_path), str(root / data["val_annotations"]), str(root / data["val_images"]),
+        device="cpu", batch_size=batch_size, workers=0, progress=False,
+        mask_classes=str(split_file),
+    )  # fmt: skip
     return write_metrics_json({"step": ckpt["step"], **metrics}, run.folder / SPLIT_METRICS)
 
 
@@ -657,20 +772,27 @@ def main(args: argparse.Namespace) -> int:
     from training.config import load_config
 
     steps, batch_size, seeds = args.steps, args.batch_size, list(args.seeds)
-    data = dict(FULL_DATA)
+    hue = args.preset == "hue_ring"
+    args.config = args.config or PRESET_CONFIG[args.preset]
+    args.variants = list(args.variants or PRESET_VARIANTS[args.preset])
+    data = dict(HUE_DATA if hue else FULL_DATA)
     if args.quick:
-        steps = steps or QUICK["steps"]
-        batch_size = batch_size or QUICK["batch_size"]
-        seeds = seeds if seeds != [0, 1] else list(QUICK["seeds"])
-        data.update(classes=QUICK["classes"], images=QUICK["images"],
-                    val_images=QUICK["val_images"])  # fmt: skip
+        quick = HUE_QUICK if hue else QUICK
+        steps = steps or quick["steps"]
+        batch_size = batch_size or quick["batch_size"]
+        seeds = seeds if seeds != [0, 1] else list(quick["seeds"])
+        data.update(images=quick["images"], val_images=quick["val_images"])
+        if not hue:
+            data.update(classes=QUICK["classes"])
     data["a_covers_appearances"] = args.a_covers_appearances
     for key in ("classes", "images", "val_images", "image_size", "appearances"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
-    out: Path = args.out or Path(f"artifacts/experiment/{'quick' if args.quick else 'full'}")
+    name = ("hue_" if hue else "") + ("quick" if args.quick else "full")
+    out: Path = args.out or Path(f"artifacts/experiment/{name}")
     try:  # misconfiguration fails here, before hours of training
-        root = args.data_root or ensure_dataset(out / "data", data)
+        make = ensure_hue_dataset if hue else ensure_dataset
+        root = args.data_root or make(out / "data", data)
         if not (root / "annotations").is_dir():
             raise ValueError(f"--data-root {root} holds no synthetic set (no annotations/)")
         common = [f"data.root={root}", *budget_overrides(steps, batch_size), *args.overrides]
@@ -699,9 +821,10 @@ def main(args: argparse.Namespace) -> int:
         ):
             print(f"  {r.variant}/seed{r.seed}: scoring on the A/B split ...", flush=True)
             evaluate_on_split(r, root)
-    rows = [row for r in runs if (row := read_run(r)) is not None]
+    done = [r for r in runs if r.done and r.variant != "stage1"]
+    rows = [row for r in done if (row := read_run(r)) is not None]
     if args.probe_shape_kernels:
-        for r, row in zip([r for r in runs if r.done], rows, strict=True):
+        for r, row in zip(done, rows, strict=True):
             if r.variant.startswith("transfer"):
                 print(f"  {r.variant}/seed{r.seed}: probe with same-shape A kernels ...")
                 path = evaluate_with_same_shape_kernels(r, root)
@@ -710,8 +833,8 @@ def main(args: argparse.Namespace) -> int:
                     row[PROBE_KEY] = round(100.0 * m["segm"]["B"]["AP"], 3)
                     print(f"  {r.variant}/seed{r.seed}: mask AP B {row['mask_AP_B']} -> "
                           f"{row[PROBE_KEY]} with same-shape A kernels")  # fmt: skip
-    if args.diagnose:
-        for r, row in zip([r for r in runs if r.done], rows, strict=True):
+    if args.diagnose and not hue:  # the shape/colour check needs the shapes set's classes
+        for r, row in zip(done, rows, strict=True):
             if r.variant != "agnostic" and r.variant != "agnostic_mlp":
                 row["nearest_a_class"] = diagnose(r, root)
     summary = summarise(rows)
@@ -719,6 +842,11 @@ def main(args: argparse.Namespace) -> int:
         "transfer_mlp_vs_agnostic": gap_share(summary, "transfer_mlp", "agnostic"),
         "transfer_mlp_vs_agnostic_mlp": gap_share(summary, "transfer_mlp", "agnostic_mlp"),
         "transfer_vs_agnostic": gap_share(summary, "transfer", "agnostic"),
+        "random_tau_vs_agnostic_mlp": gap_share(summary, "random_tau", "agnostic_mlp"),
+        "attribute_tau_vs_agnostic_mlp": gap_share(summary, "attribute_tau", "agnostic_mlp"),
+        "stagewise_transfer_mlp_vs_stagewise_agnostic_mlp": gap_share(
+            summary, "stagewise_transfer_mlp", "stagewise_agnostic_mlp"
+        ),
     }
     dataset_meta = None
     if (root / "dataset.json").is_file():

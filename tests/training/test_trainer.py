@@ -15,8 +15,9 @@ import torch
 from model.config import ConfigError
 from training.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
 from training.config import TrainConfig, load_config
+from training.datasets.flip import flip_batch
 from training.schedule import get_lr
-from training.trainer import flip_batch, train
+from training.trainer import train
 
 from .conftest import tiny_train_overrides
 
