@@ -50,7 +50,7 @@ class SegmentResult:
     timing_ms: dict[str, float] = field(default_factory=dict)
 
     def to_json(self, info: ModelInfo) -> dict[str, Any]:
-        """The ``POST /segment`` response body (docs/contracts.md, DESIGN.md §3)."""
+        """The ``POST /segment`` response body (docs/contracts.md, "HTTP API")."""
         return {
             "model": {"name": info.name, "version": info.version, "num_classes": info.num_classes},
             "image": {"width": self.width, "height": self.height},
