@@ -1,7 +1,7 @@
 """``maskx bench train``: training images/s of a config on this machine.
 
 Builds the model, optimiser and data loader the way :func:`training.trainer.train` does and
-times the engine's own optimisation step (data loading included, as in a real run) for
+times the trainer's own optimisation step (data loading included, as in a real run) for
 ``--steps`` steps after ``--warmup`` untimed ones. Without ``--data-root`` the benchmark writes a
 small synthetic dataset (``maskx synth``) into a temporary folder first.
 

@@ -1,4 +1,4 @@
-"""Training engine: resume after SIGKILL, DDP, checkpoints, schedule and configuration."""
+"""The Trainer: resume after SIGKILL, DDP, checkpoints, schedule and configuration."""
 
 from __future__ import annotations
 
