@@ -9,7 +9,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from model import build_model, mask_rcnn_arguments
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def _torchvision_twin(cfg):
