@@ -28,11 +28,13 @@ PACKAGES = ("maskx", "model", "training", "service")
 # Run in a fresh interpreter so that the check sees the import system as a user's would:
 # prints {package: problem} for every package that is not the installed one.
 ORIGIN_CHECK = r"""
-import importlib.metadata, importlib.util, json, sys
+import importlib.metadata, importlib.util, json, site, sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-dist = importlib.metadata.distribution("maskx")
+# The installed distribution's metadata, from site-packages only: a stale maskx.egg-info in the
+# working folder must not vouch for the folder's own packages.
+(dist,) = importlib.metadata.distributions(name="maskx", path=site.getsitepackages())
 direct = json.loads(dist.read_text("direct_url.json") or "{}")
 if direct.get("dir_info", {}).get("editable"):
     # An editable install serves the files of the checkout it was made from.
