@@ -130,20 +130,18 @@ def test_ruff_refuses_a_plain_import_of_a_package(tmp_path: Path) -> None:
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
         pytest.skip("ruff is not installed in this environment")
-    bad = "import model\n\nmodel = model.build_model\n"
-    run = subprocess.run(
-        [ruff, "check", "--config", str(REPO / "pyproject.toml"), "--stdin-filename",
-         "training/example.py", "-"],
-        input=bad, capture_output=True, text=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 1 and "ICN001" in run.stdout, run.stdout + run.stderr
-    good = "from model import build_model\n\nmodel = build_model\n"
-    run = subprocess.run(
-        [ruff, "check", "--config", str(REPO / "pyproject.toml"), "--stdin-filename",
-         "training/example.py", "-"],
-        input=good, capture_output=True, text=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
+
+    def check(source: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ruff, "check", "--config", str(REPO / "pyproject.toml"), "--stdin-filename",
+             "training/example.py", "-"],
+            input=source, capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+
+    bad = check("import model\n\nmodel = model.build_model\n")
+    assert bad.returncode == 1 and "ICN001" in bad.stdout, bad.stdout + bad.stderr
+    good = check("from model import build_model\n\nmodel = build_model\n")
+    assert good.returncode == 0, good.stdout + good.stderr
 
 
 def test_the_wheel_carries_the_package_data(tmp_path: Path) -> None:

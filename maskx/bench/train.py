@@ -25,17 +25,12 @@ DEFAULT_CONFIG = "configs/tiny_synth.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.config import add_override_argument  # `maskx bench --help` imports no torch
+
     parser.add_argument(
         "--config", default=DEFAULT_CONFIG, help=f"training config YAML ({DEFAULT_CONFIG})"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config value, e.g. --set solver.batch_size=4",
-    )
+    add_override_argument(parser)
     parser.add_argument(
         "--data-root",
         type=Path,
