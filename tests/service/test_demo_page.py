@@ -21,7 +21,8 @@ from PIL import Image
 from service.app import create_app
 from service.overlay import class_color
 from service.settings import Settings
-from service.testing import CLASSES, LABELS, LiveServer, build_test_model, default_metadata
+from service.testing import CLASSES, LABELS, build_test_model, default_metadata
+from tests.service.helpers import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "service" / "static" / "samples"
