@@ -134,6 +134,7 @@ class RequestMiddleware:
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 3),
                         "client": client[0] if client else None,
+                        "request_id": rid,
                     },
                 )
             request_id_var.reset(token)
