@@ -1,10 +1,13 @@
 """Helpers of the service tests (imported by the tests, never from conftest): a fake runtime
-with a configurable delay and failure, and a real uvicorn server on loopback in a thread."""
+with a configurable delay and failure, a real uvicorn server on loopback in a thread, and where
+headless Chromium is."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +15,18 @@ import numpy as np
 from service.contract import ModelMetadata
 from service.runtime import RawDetections
 from service.testing import default_metadata, expected_outputs
+
+# Debian's chromium, driven by Playwright through executable_path (no browser download).
+CHROMIUM = Path(os.environ.get("MASKX_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class FakeRuntime:

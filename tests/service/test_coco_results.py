@@ -16,7 +16,6 @@ from service.app import create_app
 from service.settings import Settings
 from tests.service.helpers import LiveServer
 
-
 # The 40-step test model scores next to nothing at its own threshold; keeping every detection
 # (as COCO evaluation usually does) gives pycocotools something to rank on both sides.
 SCORE_THRESHOLD = 0.0

@@ -35,7 +35,9 @@ def _port(url: str) -> int:
 def _metric(text: str, name: str, **labels: str) -> float:
     """Value of one sample of the Prometheus text ``text`` (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = "(?m)^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
+    pattern = (
+        "(?m)^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
+    )
     match = re.search(pattern, text)
     return float(match.group(1)) if match else 0.0
 
