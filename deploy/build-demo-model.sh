@@ -28,7 +28,8 @@ trap 'rm -rf "$work"' EXIT
 start="$(date +%s)"
 echo "model-builder: no model at $models/$file; building the demo model" \
     "($images images, $max_iter steps)"
-maskx synth --out "$work/synth" --classes 100 --images "$images" --val-images 200 --seed 0
+maskx synth --out "$work/synth" --classes 100 --images "$images" \
+    --val-images "${MASKX_DEMO_VAL_IMAGES:-200}" --seed 0 --no-progress
 maskx train --config /src/configs/tiny_synth.yaml --out "$work/run" \
     --data-root "$work/synth" --max-iter "$max_iter"
 maskx export --checkpoint "$work/run/checkpoints/model_final.pt" \

@@ -103,13 +103,18 @@ def python_base_image() -> str:
     return name
 
 
-def build_image(target: str, tag: str, *, timeout: float = 1800, **build_args: str) -> str:
-    """``docker build --target TARGET`` of the repository at low CPU priority; returns the tag."""
+@dataclass
+class Built:
+    tag: str
+    log: str  # the builder's output: the steps it ran (or took from its cache)
+
+
+def build_image(target: str, tag: str, *, timeout: float = 1800, **build_args: str) -> Built:
+    """``docker build --target TARGET`` of the repository at low CPU priority."""
     args = ["nice", "-n", "15", "docker", "build", "--target", target, "-t", tag]
     for key, value in {"PYTHON_IMAGE": python_base_image(), **build_args}.items():
         args += ["--build-arg", f"{key}={value}"]
-    run([*args, str(ROOT)], timeout=timeout)
-    return tag
+    return Built(tag, run([*args, str(ROOT)], timeout=timeout).stdout)
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.deploy.docker_helpers import (
     TEST_PREFIX,
+    Built,
     assert_same_detections,
     build_image,
     container_state,
@@ -40,9 +41,24 @@ UID = 10001
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def built() -> Built:
     ensure_engine()
     return build_image("serve-cpu", IMAGE)
+
+
+@pytest.fixture(scope="module")
+def image(built: Built) -> str:
+    return built.tag
+
+
+def test_building_serve_cpu_builds_no_gpu_stage(built: Built) -> None:
+    """Docker's legacy builder builds every stage before the target (BuildKit only those the
+    target needs): the CUDA stages must come after serve-cpu."""
+    steps = [line for line in built.log.splitlines() if line.startswith("Step ")]
+    assert any("AS serve-cpu" in line for line in steps), steps
+    # Global ARG lines (CUDA_IMAGE, GPU_LOCK) are read for every target; no other step may be.
+    gpu = [line for line in steps if "gpu" in line.lower() and " : ARG " not in line]
+    assert not gpu, gpu
 
 
 @pytest.fixture(scope="module")
