@@ -5,8 +5,8 @@
 # built by an earlier `docker compose up`), in which case it exits at once.
 #
 # Settings (environment): MASKX_MODELS_DIR (default /models), MASKX_MODEL_FILE (model.onnx),
-# MASKX_DEMO_IMAGES (training images, 1200), MASKX_DEMO_MAX_ITER (training steps, 600; the same
-# recipe as `make demo-model`).
+# MASKX_DEMO_IMAGES (training images, 1200), MASKX_DEMO_VAL_IMAGES (validation images, 200),
+# MASKX_DEMO_MAX_ITER (training steps, 600): the same recipe as `make demo-model`.
 set -eu
 
 models="${MASKX_MODELS_DIR:-/models}"
