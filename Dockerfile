@@ -130,7 +130,7 @@ COPY deploy/pip-install-locked.sh /usr/local/bin/pip-install-locked
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && update-ca-certificates \
+    && if ls /usr/local/share/ca-certificates/maskx/*.crt >/dev/null 2>&1; then update-ca-certificates; fi \
     && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

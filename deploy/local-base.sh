@@ -69,8 +69,12 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
 }
 # The host's bundle replaces Debian's: it is a superset on a Debian host, and on a host behind a
 # TLS-intercepting proxy it is the only one that lets pip in a container reach the package index.
+# A copy among the local certificates keeps it in the bundle when a build runs
+# update-ca-certificates, which rebuilds the bundle from Debian's list and that folder.
 cp "$ca_bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
-chmod 0644 "$rootfs/etc/ssl/certs/ca-certificates.crt"
+cp "$ca_bundle" "$rootfs/usr/local/share/ca-certificates/host-ca-bundle.crt"
+chmod 0644 "$rootfs/etc/ssl/certs/ca-certificates.crt" \
+    "$rootfs/usr/local/share/ca-certificates/host-ca-bundle.crt"
 # Debian's python3 has no `python` alias; the Dockerfile's stages call python3 or the venv's.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 echo "== docker import $name"

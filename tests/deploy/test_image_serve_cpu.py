@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.deploy.docker_helpers import (
+    SAMPLE_IMAGE,
     TEST_PREFIX,
     Built,
     assert_same_detections,
@@ -150,36 +151,64 @@ def test_healthcheck_turns_healthy(container: tuple[str, str]) -> None:
 
 
 def test_docker_stop_drains_an_in_flight_request(image: str, model_dir: Path) -> None:
-    """A lone request waits 3 s for its batch to fill; `docker stop` arrives meanwhile. The
-    worker must answer it (200, detections) and exit cleanly before the stop timeout."""
+    """A request whose body is still arriving when `docker stop` sends SIGTERM: the worker stops
+    being ready (/readyz 503) but finishes that request (200, detections), then exits 0 well
+    before the stop timeout would kill it."""
     name = f"{TEST_PREFIX}-serve-cpu-drain"
-    url = _start(image, model_dir, name, MASKX_MAX_BATCH_SIZE="8", MASKX_MAX_BATCH_DELAY_MS="3000")
+    url = _start(image, model_dir, name)
     try:
+        body = SAMPLE_IMAGE.read_bytes()
+        release = threading.Event()
         result: dict = {}
+
+        def chunks() -> Iterator[bytes]:
+            yield body[:1024]
+            release.wait(60)  # the rest of the body only once the stop is under way
+            yield body[1024:]
 
         def send() -> None:
             try:
-                result["body"] = segment(url, timeout=60)
-            except BaseException as exc:  # reported by the assertion below
+                response = httpx.post(
+                    f"{url}/segment",
+                    params={"score_threshold": 0},
+                    content=chunks(),
+                    headers={"Content-Type": "image/png"},
+                    timeout=90,
+                )
+                result["status"], result["body"] = response.status_code, response.json()
+            except BaseException as exc:  # reported by the assertions below
                 result["error"] = repr(exc)
 
         thread = threading.Thread(target=send)
         thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while "maskx_in_flight_requests 1.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
+            assert thread.is_alive(), f"the request ended before the stop: {result}"
             assert time.monotonic() < deadline, "the request never showed as in flight"
             time.sleep(0.05)
         started = time.monotonic()
-        stop = subprocess.run(
-            ["docker", "stop", "-t", "30", name], capture_output=True, text=True, timeout=60
+        stop = subprocess.Popen(
+            ["docker", "stop", "-t", "30", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        took = time.monotonic() - started
+        try:
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{url}/readyz", timeout=5).status_code != 503:
+                assert time.monotonic() < deadline, "/readyz never turned 503 while draining"
+                time.sleep(0.1)
+        finally:
+            release.set()
         thread.join(60)
-        assert stop.returncode == 0, stop.stderr
+        _, err = stop.communicate(timeout=60)
+        took = time.monotonic() - started
+        assert stop.returncode == 0, err
         assert "error" not in result, f"in-flight request failed during stop: {result['error']}"
-        assert result["body"]["detections"], result["body"]
+        assert result["status"] == 200 and result["body"]["detections"], result
         state = container_state(name)
         assert state["ExitCode"] == 0, f"exit code {state['ExitCode']} (137: killed, not drained)"
         assert took < 25, f"docker stop took {took:.1f} s: the worker did not exit after draining"
     finally:
+        release.set()
         remove_container(name)
