@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +123,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout_s: float, alive: callable | None = None) -> float:
+def wait_ready(url: str, timeout_s: float, alive: Callable[[], str | None] | None = None) -> float:
     """Poll ``url/readyz`` until 200; returns the seconds it took. ``alive`` (optional) returns
     a failure message when the server has died."""
     start = time.monotonic()
