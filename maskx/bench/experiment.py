@@ -631,8 +631,15 @@ def format_diagnostics_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
-    """Bar chart: mask AP on B (and on A, lighter) per variant, error bars = std over seeds."""
+def plot_chart(
+    summary: dict[str, dict[str, Any]],
+    path: Path,
+    title: str,
+    keys: tuple[str, str] = ("mask_AP_B", "mask_AP_A"),
+    what: str = "mask AP",
+) -> Path:
+    """Bar chart: ``keys`` = (on B, on A) per variant (B dark, A light), error bars = std over
+    seeds; ``what`` names the figure in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -642,21 +649,22 @@ def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
     x = list(range(len(names)))
 
     def series(key: str) -> tuple[list[float], list[float]]:
-        means = [summary[n][key]["mean"] or 0.0 for n in names]
-        stds = [summary[n][key]["std"] or 0.0 for n in names]
+        means = [(summary[n].get(key) or {}).get("mean") or 0.0 for n in names]
+        stds = [(summary[n].get(key) or {}).get("std") or 0.0 for n in names]
         return means, stds
 
-    b_mean, b_std = series("mask_AP_B")
-    a_mean, a_std = series("mask_AP_A")
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    b_mean, b_std = series(keys[0])
+    a_mean, a_std = series(keys[1])
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(names)), 4.4), dpi=110)
     w = 0.38
     ax.bar([i - w / 2 for i in x], b_mean, w, yerr=b_std, capsize=4, color="#1f77b4",
-           label="mask AP on B (no masks in training)")  # fmt: skip
+           label=f"{what} on B (no masks in training)")  # fmt: skip
     ax.bar([i + w / 2 for i in x], a_mean, w, yerr=a_std, capsize=4, color="#aec7e8",
-           label="mask AP on A")  # fmt: skip
+           label=f"{what} on A")  # fmt: skip
     for i, m, sd in zip(x, b_mean, b_std, strict=True):  # above the error bar, not on it
         ax.text(i - w / 2, m + sd + 0.4, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [summary[n]["label"].replace(", ", ",\n") for n in names], fontsize=8)
+    labels = [summary[n]["label"].replace(", ", ",\n").replace(" + ", "\n+ ") for n in names]
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
@@ -962,6 +970,11 @@ def main(args: argparse.Namespace) -> int:
         title = (f"{dataset_title(dataset_meta)}, {s.max_iter} steps × {s.batch_size} images, "
                  f"mean ± std over {n_seeds} seed(s)")  # fmt: skip
         print(f"chart: {plot_chart(summary, chart, title)}")
+        if any("true_box_mask_AP_B" in e for e in summary.values()):
+            tb_chart = chart.with_name(chart.stem + "_true_boxes.png")
+            plot_chart(summary, tb_chart, title + "; true boxes given",
+                       ("true_box_mask_AP_B", "true_box_mask_AP_A"), "mask AP given true boxes")  # fmt: skip
+            print(f"chart: {tb_chart}")
     print(f"results: {json_path}")
     if results["missing_runs"]:
         print(f"missing runs: {results['missing_runs']}")

@@ -276,3 +276,36 @@ def true_box_mask_ap(
         "mask_AP50_B": pct("B", "AP50"),
         "mask_AP_A": pct("A", "AP"),
     }
+
+
+def hue_neighbour_share(run_folder: Path, root: Path) -> dict[str, float]:
+    """``hue_ring`` set only: share of B classes whose cosine-nearest A class in w_det (cls,
+    box, cls+box) is one of the two A classes next to it on the ring — what τ needs in order
+    to interpolate. Chance: 2 / |A|. Reads the categories' ``hue``."""
+    import json
+
+    ckpt = load_checkpoint(run_folder / "checkpoints" / "model_final.pt")
+    from model import ModelConfig, build_model
+
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    cats = json.loads((root / "annotations" / "instances_val.json").read_text())["categories"]
+    hue = {c["name"]: float(c["hue"]) for c in cats}
+    names = ckpt["vocab"]["names"]
+    a_names = set((root / "mask_classes_A.txt").read_text(encoding="utf-8").split())
+    a_idx = [i for i, n in enumerate(names) if n in a_names]
+    b_idx = [i for i, n in enumerate(names) if n not in a_names]
+    step = 360.0 / len(names)
+    out: dict[str, float] = {"chance": round(2 / len(a_idx), 3)}
+    labels = torch.arange(1, len(names) + 1)
+    for kind in ("cls", "box", "cls+box"):
+        with torch.no_grad():
+            v = model.roi_heads.box_predictor.detection_embedding(labels, kind)
+        v = torch.nn.functional.normalize(v, dim=1)
+        nearest = (v[b_idx] @ v[a_idx].T).argmax(dim=1).tolist()
+        hits = 0
+        for b, j in zip(b_idx, nearest, strict=True):
+            d = abs(hue[names[b]] - hue[names[a_idx[j]]]) % 360.0
+            hits += min(d, 360.0 - d) < 2.5 * step  # an A class adjacent on the ring
+        out[kind] = round(hits / len(b_idx), 3)
+    return out
