@@ -10,7 +10,7 @@ DEMO_MODEL := $(DEMO_DIR)/model.onnx
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps test test-all lint format demo demo-model bench clean
+.PHONY: setup system-deps docker-engine locks test test-docker test-all lint format demo demo-model bench clean
 
 ## setup: create .venv/ with the train, serve and dev extras (editable install)
 setup: $(STAMP)
@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
 	touch $(STAMP)
 
-## system-deps: Debian tools the tests drive (Prometheus, promtool, docker-compose, shellcheck, chromium, wrk)
+## system-deps: Debian tools the tests drive (Prometheus, promtool, Docker, docker-compose, debootstrap,
+## shellcheck, chromium, wrk)
 system-deps:
 	@missing=""; \
 	for t in prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
+	         dockerd:docker.io debootstrap:debootstrap \
 	         shellcheck:shellcheck chromium:chromium wrk:wrk; do \
 	  cmd=$${t%%:*}; pkg=$${t##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -34,13 +36,32 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-## test: set up, then lint and run the default test suite (no slow/gpu/bench tests)
-test: setup system-deps lint
+## docker-engine: start a Docker engine if none answers and make the local Debian base image if
+## missing (root only; where neither can be done, the image tests skip and say why)
+docker-engine:
+	@if reason=$$(bash deploy/docker-engine.sh); then \
+	  if [ "$$(id -u)" = 0 ] && command -v debootstrap >/dev/null 2>&1; then \
+	    nice -n 15 bash deploy/local-base.sh; \
+	  fi; \
+	else echo "no Docker engine: $$reason (the image tests will skip)"; fi
+
+## test: set up, then lint and run the default test suite (not the `slow` tests; the serve-cpu
+## container test included)
+test: setup system-deps lint docker-engine
 	$(BIN)/pytest
 
-## test-all: also the slow tests
-test-all: setup system-deps
-	$(BIN)/pytest -m "not gpu and not bench"
+## test-docker: the tests that build and run images and the compose stack on a real engine
+test-docker: setup system-deps docker-engine
+	$(BIN)/pytest -m docker
+
+## test-all: every test, the slow ones included
+test-all: setup system-deps docker-engine
+	$(BIN)/pytest -m ""
+
+## locks: regenerate deploy/requirements/*.txt from pyproject.toml's extras (needs PyPI)
+locks: setup
+	$(BIN)/python -m pip install --quiet uv==0.13.9
+	$(BIN)/python deploy/locks.py compile
 
 lint: setup
 	$(BIN)/ruff check .

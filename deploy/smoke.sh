@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# End-to-end smoke test of the compose stack, for a machine with Docker and Docker Compose v2.
+# End-to-end smoke test of the compose stack (Docker Compose v2 or Debian's docker-compose 1.29).
 #
-#   deploy/smoke.sh            # GPU stack (docker-compose.yml)
-#   deploy/smoke.sh --cpu      # CPU variant (docker-compose.yml + docker-compose.cpu.yml)
-#   deploy/smoke.sh --down     # stop and remove the stack afterwards
+#   deploy/smoke.sh            # default stack: CPU worker (docker-compose.yml)
+#   deploy/smoke.sh --gpu      # GPU worker (+ docker-compose.gpu.yml)
+#   deploy/smoke.sh --local    # + deploy/docker-compose.local.yml (no Docker Hub: local Prometheus)
+#   deploy/smoke.sh --down     # stop and remove the stack (and its volumes) afterwards
 #
-# Steps: build and start the stack, wait until the worker is healthy and ready, POST a sample
-# image to /segment and check the JSON answer, ask Prometheus's HTTP API for the worker's
-# latency histogram, and print PASS or FAIL. The model comes from MASKX_MODEL_DIR (default
-# ./artifacts/demo, holding model.onnx), as for `docker compose up`.
+# Steps: build and start the stack (the demo model is built first when the model volume has none),
+# wait until the worker is healthy and ready, POST a sample image to /segment and check the JSON
+# answer, ask Prometheus for the worker's target and a latency quantile, and print PASS or FAIL.
+# MASKX_MODEL_DIR, when set, must hold the model to serve (MASKX_MODEL_FILE, model.onnx).
 set -euo pipefail
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ files=(-f docker-compose.yml)
 down=0
 for arg in "$@"; do
     case "$arg" in
-        --cpu) files+=(-f docker-compose.cpu.yml) ;;
+        --gpu) files+=(-f docker-compose.gpu.yml) ;;
+        --local) files+=(-f deploy/docker-compose.local.yml) ;;
         --down) down=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "smoke.sh: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
@@ -34,8 +36,9 @@ worker="http://127.0.0.1:${http_port}"
 prometheus="http://127.0.0.1:${prom_port}"
 sample="${MASKX_SMOKE_IMAGE:-service/static/samples/synth-1.png}"
 wait_s="${MASKX_SMOKE_WAIT_S:-300}"
-model_dir="${MASKX_MODEL_DIR:-./artifacts/demo}"
+model_dir="${MASKX_MODEL_DIR:-}"
 model_file="${MASKX_MODEL_FILE:-model.onnx}"
+compose=(docker compose)
 
 failures=0
 started=0
@@ -44,14 +47,14 @@ fail() { printf '  FAIL  %s\n' "$1"; failures=$((failures + 1)); }
 
 finish() {
     if [[ "$down" == 1 ]]; then
-        docker compose "${files[@]}" down --remove-orphans >/dev/null 2>&1 || true
+        "${compose[@]}" "${files[@]}" down --volumes --remove-orphans >/dev/null 2>&1 || true
     fi
     if [[ "$failures" == 0 ]]; then
         echo "smoke test: PASS"
     else
         echo "smoke test: FAIL ($failures check(s) failed)"
         if [[ "$started" == 1 ]]; then
-            echo "worker logs: docker compose ${files[*]} logs segmenter"
+            echo "logs: ${compose[*]} ${files[*]} logs segmenter model-builder"
         fi
     fi
 }
@@ -64,9 +67,19 @@ for tool in docker curl python3; do
         exit 1
     fi
 done
-if [[ ! -f "$model_dir/$model_file" ]]; then
-    echo "smoke.sh: no model at $model_dir/$model_file; export one (maskx export) or set" \
-        "MASKX_MODEL_DIR / MASKX_MODEL_FILE" >&2
+if ! docker compose version >/dev/null 2>&1; then
+    if command -v docker-compose >/dev/null 2>&1; then
+        compose=(docker-compose)
+    else
+        echo "smoke.sh: neither 'docker compose' nor 'docker-compose' is installed" >&2
+        failures=1
+        exit 1
+    fi
+fi
+# Unset, the stack builds the demo model into its own volume; set, the folder must hold a model.
+if [[ -n "$model_dir" && ! -f "$model_dir/$model_file" ]]; then
+    echo "smoke.sh: no model at $model_dir/$model_file; export one (maskx export) or unset" \
+        "MASKX_MODEL_DIR to let the stack build the demo model" >&2
     failures=1
     exit 1
 fi
@@ -76,22 +89,24 @@ if [[ ! -f "$sample" ]]; then
     exit 1
 fi
 
-echo "== docker compose ${files[*]} up -d --build"
-docker compose "${files[@]}" up -d --build
+echo "== ${compose[*]} ${files[*]} up -d --build"
+up_start=$SECONDS
+"${compose[@]}" "${files[@]}" up -d --build
 started=1
 
 echo "== waiting up to ${wait_s}s for the worker to be healthy and ready"
 deadline=$((SECONDS + wait_s))
 health=""
 while ((SECONDS < deadline)); do
-    container="$(docker compose "${files[@]}" ps -q segmenter)"
+    container="$("${compose[@]}" "${files[@]}" ps -q segmenter)"
     health="$(docker inspect --format '{{.State.Health.Status}}' "$container" 2>/dev/null || true)"
     if [[ "$health" == "healthy" ]] && curl -fsS "$worker/readyz" >/dev/null 2>&1; then
         break
     fi
     sleep 3
 done
-if [[ "$health" == "healthy" ]]; then pass "container healthy (HEALTHCHECK /healthz)"; else fail "container health is '${health:-unknown}'"; exit 1; fi
+if [[ "$health" == "healthy" ]]; then pass "container healthy (HEALTHCHECK /readyz)"; else fail "container health is '${health:-unknown}'"; exit 1; fi
+echo "  ready $((SECONDS - up_start)) s after 'up' began (image builds and the demo model included)"
 if curl -fsS "$worker/readyz" >/dev/null; then pass "GET /readyz is 200"; else fail "GET /readyz is not 200"; exit 1; fi
 
 echo "== POST /segment with $sample"
@@ -134,6 +149,17 @@ sys.exit(0 if data["status"] == "success" and result and float(result[0]["value"
     sleep 5
 done
 if [[ "$found" == 1 ]]; then pass "Prometheus has the latency histogram ($query >= 1)"; else fail "Prometheus has no samples for $query"; fi
+
+# Over the whole count since the worker started (a rate() needs requests between two scrapes).
+query='histogram_quantile(0.99, sum by (le) (maskx_request_duration_seconds_bucket{route="/segment"}))'
+answer="$(curl -fsS --get "$prometheus/api/v1/query" --data-urlencode "query=$query" 2>/dev/null || true)"
+if p99="$(python3 -c '
+import json, math, sys
+data = json.loads(sys.argv[1])
+value = float(data["data"]["result"][0]["value"][1])
+assert math.isfinite(value) and value > 0, value
+print(f"{value:.3f}")
+' "$answer" 2>/dev/null)"; then pass "Prometheus histogram_quantile p99 of POST /segment: ${p99} s"; else fail "Prometheus answered no finite p99 for $query"; fi
 
 targets="$(curl -fsS "$prometheus/api/v1/targets?state=active" || true)"
 if python3 -c '

@@ -3,9 +3,18 @@
 Knows nothing about files, HTTP or datasets (backbone weights come from a path the caller names).
 """
 
+try:
+    import torch  # noqa: F401
+except ModuleNotFoundError as exc:  # a serving-only install (`maskx[serve]`) has no torch
+    raise ModuleNotFoundError(
+        "the model package needs PyTorch: install the training extra, pip install 'maskx[train]'",
+        name=exc.name,
+    ) from exc
+
+
 from .config import ConfigError, ModelConfig
 from .losses import box_losses, partial_mask_loss, project_masks_on_boxes
-from .maskx_rcnn import MaskXRCNN, build_mask_predictor, build_model
+from .maskx_rcnn import MaskXRCNN, build_mask_predictor, build_model, mask_rcnn_arguments
 from .predictors import (
     ClassAgnosticMaskPredictor,
     ClassSpecificBoxPredictor,
@@ -34,6 +43,7 @@ __all__ = [
     "build_mask_predictor",
     "build_model",
     "embedding_dim",
+    "mask_rcnn_arguments",
     "partial_mask_loss",
     "project_masks_on_boxes",
 ]

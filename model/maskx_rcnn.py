@@ -1,7 +1,7 @@
 """Mask^X R-CNN: torchvision's Mask R-CNN with a weight-transfer mask predictor.
 
-``MaskXRCNN`` composes injected modules (STYLE.md 1); :func:`build_model` turns a
-:class:`ModelConfig` into one (STYLE.md 2).
+``MaskXRCNN`` composes injected modules, as torchvision's ``MaskRCNN`` does; configuration
+stops at :func:`build_model`, which turns a :class:`ModelConfig` into one.
 """
 
 from __future__ import annotations
@@ -148,12 +148,13 @@ def fixed_class_vectors(cfg: ModelConfig) -> torch.Tensor | None:
     return torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
 
 
-def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> MaskXRCNN:
-    """Build a Mask^X R-CNN from a config.
+def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None) -> dict[str, Any]:
+    """The arguments of torchvision's ``MaskRCNN`` that ``cfg`` describes: the backbone, the
+    transform's sizes and normalisation, the RPN, the RoI pools, and the box and mask *heads*.
 
-    Args:
-        cfg: the model configuration (validated on construction).
-        backbone_weights: overrides ``cfg.backbone_weights`` (a local state-dict file).
+    The predictors are the caller's: :func:`build_model` adds the Mask^X ones, a benchmark or a
+    parity test adds torchvision's ``FastRCNNPredictor``/``MaskRCNNPredictor`` to the very same
+    modules. ``backbone_weights`` overrides ``cfg.backbone_weights`` (a local state-dict file).
     """
     cfg.validate()
     backbone = build_backbone(
@@ -170,38 +171,46 @@ def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> Mas
         raise ValueError(
             f"anchor_sizes needs {levels} values (one per FPN level), got {list(cfg.anchor_sizes)}"
         )
-    anchor_generator = AnchorGenerator(anchor_sizes, (tuple(cfg.aspect_ratios),) * levels)
     c = backbone.out_channels
-    box_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
-    mask_roi_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
-    box_head = TwoMLPHead(c * 7 * 7, cfg.box_head_dim)
-    mask_head = MaskRCNNHeads(c, (cfg.mask_head_dim,) * cfg.mask_head_layers, 1)
+    return {
+        "backbone": backbone,
+        "min_size": cfg.min_size,
+        "max_size": cfg.max_size,
+        "size_divisible": cfg.size_divisible,
+        "image_mean": list(cfg.image_mean),
+        "image_std": list(cfg.image_std),
+        "rpn_anchor_generator": AnchorGenerator(anchor_sizes, (tuple(cfg.aspect_ratios),) * levels),
+        "rpn_pre_nms_top_n_train": cfg.rpn_pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": cfg.rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": cfg.rpn_post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": cfg.rpn_post_nms_top_n_test,
+        "rpn_nms_thresh": cfg.rpn_nms_thresh,
+        "rpn_batch_size_per_image": cfg.rpn_batch_size_per_image,
+        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
+        "box_head": TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
+        "box_score_thresh": cfg.box_score_thresh,
+        "box_nms_thresh": cfg.box_nms_thresh,
+        "box_detections_per_img": cfg.box_detections_per_img,
+        "box_batch_size_per_image": cfg.box_batch_size_per_image,
+        "box_positive_fraction": cfg.box_positive_fraction,
+        "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2),
+        "mask_head": MaskRCNNHeads(c, (cfg.mask_head_dim,) * cfg.mask_head_layers, 1),
+    }
+
+
+def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> MaskXRCNN:
+    """Build a Mask^X R-CNN from a config: :func:`mask_rcnn_arguments` plus the class-specific
+    box predictor, the mask predictor ``cfg.mask_predictor`` names, and the candidate cap.
+
+    Args:
+        cfg: the model configuration (validated on construction).
+        backbone_weights: overrides ``cfg.backbone_weights`` (a local state-dict file).
+    """
     return MaskXRCNN(
-        backbone,
         box_predictor=ClassSpecificBoxPredictor(
             cfg.box_head_dim, cfg.num_classes + 1, init=cfg.head_init
         ),
         mask_predictor=build_mask_predictor(cfg),
         candidates_per_img=cfg.box_candidates_per_img,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        size_divisible=cfg.size_divisible,
-        image_mean=list(cfg.image_mean),
-        image_std=list(cfg.image_std),
-        rpn_anchor_generator=anchor_generator,
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        rpn_nms_thresh=cfg.rpn_nms_thresh,
-        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        box_roi_pool=box_roi_pool,
-        box_head=box_head,
-        box_score_thresh=cfg.box_score_thresh,
-        box_nms_thresh=cfg.box_nms_thresh,
-        box_detections_per_img=cfg.box_detections_per_img,
-        box_batch_size_per_image=cfg.box_batch_size_per_image,
-        box_positive_fraction=cfg.box_positive_fraction,
-        mask_roi_pool=mask_roi_pool,
-        mask_head=mask_head,
+        **mask_rcnn_arguments(cfg, backbone_weights=backbone_weights),
     )

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import TRANSFER_ACTIVATIONS
+
 
 class ClassSpecificBoxPredictor(nn.Module):
     """Classification + class-specific box regression (torchvision ``FastRCNNPredictor``).
@@ -114,8 +116,10 @@ class WeightTransfer(nn.Module):
         super().__init__()
         if num_layers not in (1, 2, 3):
             raise ValueError(f"num_layers must be 1, 2 or 3, got {num_layers}")
-        if activation not in ("leaky_relu", "relu"):
-            raise ValueError(f"activation must be 'leaky_relu' or 'relu', got {activation!r}")
+        if activation not in TRANSFER_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {TRANSFER_ACTIVATIONS}, got {activation!r}"
+            )
 
         def act() -> nn.Module:
             return nn.LeakyReLU(0.1) if activation == "leaky_relu" else nn.ReLU()

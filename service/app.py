@@ -1,8 +1,9 @@
-"""The FastAPI app: ``create_app(settings)``; the lifespan owns the :class:`Engine`.
+"""The FastAPI app: ``create_app(settings)``; the lifespan owns the :class:`Worker`.
 
 Routes: ``POST /segment``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
-``GET /v1/model``, OpenAPI at ``/docs``; ``GET /`` and ``/static`` serve the demo page when
-``service/static/`` exists. Every error is JSON ``{"error": {"code", "message"}}``.
+``GET /v1/model``, OpenAPI at ``/docs`` (Swagger UI served from the package: works offline);
+``GET /`` and ``/static`` serve the demo page when ``service/static/`` exists. Every error is JSON
+``{"error": {"code", "message", "request_id"}}``; every response carries ``X-Request-ID``.
 """
 
 from __future__ import annotations
@@ -10,37 +11,55 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import importlib.util
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import schemas
-from service.errors import ServiceError
+from service.errors import RETRY_AFTER_NOT_READY_S, ServiceError
+from service.logs import request_id_var
 from service.metrics import ServiceMetrics
-from service.pipeline import parse_classes
-from service.postprocess import SegmentParams
+from service.pipeline import request_params
 from service.runtime import Runtime, load_runtime
-from service.settings import Settings
-from service.worker import RETRY_AFTER_NOT_READY_S, Engine
+from service.settings import MaskMode, ResponseFormat, Settings
+from service.worker import Worker
 
 log = logging.getLogger("maskx.service")
+access_log = logging.getLogger("maskx.access")
 STATIC_DIR = Path(__file__).with_name("static")
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff")
+# A client's X-Request-ID is kept when it is short and plain (it lands in logs and headers).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+def docs_assets_dir() -> Path | None:
+    """Swagger UI's JS, CSS and favicon, shipped by the ``fastapi-offline`` package."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -49,16 +68,23 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                     headers=headers)  # fmt: skip
 
 
-def error_response(exc: ServiceError) -> Response:
-    return json_response(exc.body(), exc.status, exc.headers)
+def request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
 
 
-class MetricsMiddleware:
-    """Request latency and count by route template and status (pure ASGI: no body copies)."""
+def error_response(exc: ServiceError, request: Request) -> Response:
+    return json_response(exc.body(request_id(request)), exc.status, exc.headers)
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+
+class RequestMiddleware:
+    """Per request: the ``X-Request-ID`` (the client's, or a new one) in the response header,
+    the log context and ``request.state``; latency and count by route template and status; the
+    access log line when enabled. Pure ASGI: no body copies."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,11 +92,22 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        rid = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                rid = value.decode("latin-1")
+                break
+        if rid is None or not _REQUEST_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)
+        rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
         try:
@@ -79,25 +116,44 @@ class MetricsMiddleware:
             route = scope.get("route")
             # Unmatched paths share one label value: clients must not grow our label set.
             name = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - start
             labels = {"route": name, "status": str(status)}
-            self.metrics.request_duration.labels(**labels).observe(time.perf_counter() - start)
+            self.metrics.request_duration.labels(**labels).observe(elapsed)
             self.metrics.requests.labels(**labels).inc()
+            if self.access_log:
+                client = scope.get("client")
+                access_log.info(
+                    "%s %s %d %.1f ms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "client": client[0] if client else None,
+                        "request_id": rid,
+                    },
+                )
+            request_id_var.reset(token)
 
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
 # one thread hop per request each for work that takes microseconds.
-async def get_engine(request: Request) -> Engine:
-    engine: Engine | None = getattr(request.app.state, "engine", None)
-    if engine is None:
+async def get_worker(request: Request) -> Worker:
+    worker: Worker | None = getattr(request.app.state, "worker", None)
+    if worker is None:
         raise ServiceError(
             "not_ready",
             "the model is not loaded yet",
             headers={"Retry-After": str(RETRY_AFTER_NOT_READY_S)},
         )
-    return engine
+    return worker
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
+WorkerDep = Annotated[Worker, Depends(get_worker)]
 _bearer = HTTPBearer(auto_error=False, description="Needed when MASKX_API_KEY is set.")
 
 
@@ -118,8 +174,10 @@ async def require_api_key(
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as more than ``limit`` bytes arrive."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing as soon as more than ``limit`` bytes arrive (413) or when it
+    has not all arrived within ``timeout_s`` (408; a slow sender must not hold its slot until
+    the inference deadline)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServiceError(
@@ -127,18 +185,28 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"body of {declared} bytes is over the limit of {limit} (MASKX_MAX_BODY_BYTES)",
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServiceError(
-                "body_too_large",
-                f"body is over the limit of {limit} bytes (MASKX_MAX_BODY_BYTES)",
-            )
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ServiceError(
+                        "body_too_large",
+                        f"body is over the limit of {limit} bytes (MASKX_MAX_BODY_BYTES)",
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ServiceError(
+            "body_timeout",
+            f"the body did not arrive within {timeout_s:g} s (MASKX_BODY_TIMEOUT_S; "
+            f"{size} bytes received)",
+            # The rest of the body may still be on its way: this connection cannot be reused.
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 
-async def image_bytes(request: Request, limit: int) -> bytes:
+async def image_bytes(request: Request, limit: int, timeout_s: float) -> bytes:
     """The image of a ``/segment`` request: multipart field ``image`` or a raw ``image/*`` body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     is_multipart = content_type == "multipart/form-data"
@@ -151,7 +219,7 @@ async def image_bytes(request: Request, limit: int) -> bytes:
             "with a file field 'image', or the raw image bytes with Content-Type image/jpeg, "
             "image/png, image/webp, ... (SVG is not supported)",
         )
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, timeout_s)
     if not body:
         raise ServiceError("empty_body", "the request body is empty; send an image")
     if not is_multipart:
@@ -186,7 +254,7 @@ async def image_bytes(request: Request, limit: int) -> bytes:
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. With ``runtime`` given (tests, benchmarks), no model file is opened."""
     settings = settings or Settings()
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(deadline_s=settings.request_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -205,34 +273,75 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                     spinning=settings.ort_spinning,
                 ),
             )
-        engine = Engine(settings, rt, metrics)
-        await engine.start()
-        app.state.engine = engine
+        worker = Worker(settings, rt, metrics)
+        await worker.start()
+        app.state.worker = worker
         try:
             yield
         finally:
-            await engine.stop()
-            app.state.engine = None
+            await worker.stop()
+            app.state.worker = None
 
     app = FastAPI(
         title="maskx",
         summary="Mask^X R-CNN instance segmentation worker.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own Swagger UI files
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.engine = None
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.worker = None
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+    # Added last, so it runs first: the request id exists before CORS or a route answers.
+    app.add_middleware(RequestMiddleware, metrics=metrics, access_log=settings.access_log)
     install_error_handlers(app)
+    add_docs(app)
     add_routes(app, settings)
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """``/docs`` from local files; without them (the asset package is not installed) FastAPI's
+    default page, which loads Swagger UI from a CDN, with a warning."""
+    assets = docs_assets_dir()
+    if assets is None:
+        log.warning("fastapi-offline is not installed: /docs loads Swagger UI from a CDN")
+        urls = {}
+    else:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+        urls = {
+            "swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
+            "swagger_css_url": "/docs-assets/swagger-ui.css",
+            "swagger_favicon_url": "/docs-assets/favicon.png",
+        }
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="maskx - Swagger UI", **urls)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return error_response(exc)
+        return error_response(exc, request)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        # Not a server error: counted as 499, logged quietly. The answer reaches nobody.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(
+            ServiceError("client_closed_request", "the client closed the connection"), request
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -241,7 +350,9 @@ def install_error_handlers(app: FastAPI) -> None:
             + (f" (got {err['input']!r})" if "input" in err else "")
             for err in exc.errors()
         )
-        return error_response(ServiceError("invalid_parameter", problems or "invalid request"))
+        return error_response(
+            ServiceError("invalid_parameter", problems or "invalid request"), request
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -249,14 +360,19 @@ def install_error_handlers(app: FastAPI) -> None:
         if code is None:
             code = "internal_error" if exc.status_code >= 500 else "invalid_parameter"
         body = {"error": {"code": code, "message": str(exc.detail)}}
+        if request_id(request) is not None:
+            body["error"]["request_id"] = request_id(request)
         return json_response(body, exc.status_code, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            ServiceError("internal_error", f"internal error ({type(exc).__name__}); see server log")
+        rid = request_id(request)
+        error = ServiceError(
+            "internal_error", f"internal error ({type(exc).__name__}); see server log"
         )
+        # This answer leaves outside RequestMiddleware, so it sets the id header itself.
+        return json_response(error.body(rid), error.status, {"X-Request-ID": rid} if rid else None)
 
 
 def _error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -284,54 +400,66 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     @app.post(
         "/segment",
         summary="Segment every instance in an image",
-        response_model=schemas.SegmentResponse,
-        responses=_error_docs(400, 401, 413, 415, 422, 429, 500, 503, 504),
+        response_model=schemas.SegmentResponse | list[schemas.CocoResult],
+        responses=_error_docs(400, 401, 408, 413, 415, 422, 429, 500, 503, 504),
         openapi_extra=body_doc,
         dependencies=[Depends(require_api_key)],
     )
     async def segment(
         request: Request,
-        engine: EngineDep,
+        worker: WorkerDep,
         score_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
         max_detections: Annotated[int | None, Query(ge=1, le=1000)] = None,
         mask_threshold: Annotated[float | None, Query(ge=0, le=1)] = None,
         classes: Annotated[
             str | None, Query(max_length=100_000, description="Comma-separated names or labels.")
         ] = None,
-        masks: Annotated[Literal["rle", "none"], Query()] = "rle",
+        masks: Annotated[MaskMode, Query()] = "rle",
+        format: Annotated[
+            ResponseFormat,
+            Query(description="maskx: the response below; coco: a COCO results list."),
+        ] = "maskx",
+        image_id: Annotated[
+            int, Query(ge=0, description="image_id of every entry with format=coco.")
+        ] = 0,
     ) -> Response:
         """Body: multipart field ``image`` or raw bytes with an ``image/*`` Content-Type.
 
         Coordinates and masks are in the pixels of the image as displayed (EXIF applied).
+        ``format=coco`` answers the list that pycocotools' ``COCO.loadRes`` reads.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.request_timeout_s
-        engine.check_available()  # before reading a body we would not use
-        engine.in_flight += 1
-        engine.metrics.in_flight.inc()
-        try:
-            params = SegmentParams(
-                score_threshold=settings.score_threshold
-                if score_threshold is None
-                else score_threshold,
-                mask_threshold=settings.mask_threshold
-                if mask_threshold is None
-                else mask_threshold,
-                max_detections=settings.max_detections
-                if max_detections is None
-                else max_detections,
-                classes=parse_classes(classes, engine.info),
-                masks=masks == "rle",
+        deadline = time.monotonic() + settings.request_timeout_s
+        with worker.admission.admit():  # before reading a body we might not use
+            params = request_params(
+                settings,
+                worker.info,
+                score_threshold=score_threshold,
+                mask_threshold=mask_threshold,
+                max_detections=max_detections,
+                classes=classes,
+                masks=masks,
             )
-            data = await image_bytes(request, settings.max_body_bytes)
-            result = await engine.segment(data, params, deadline)
-            return json_response(result.to_json(engine.info))
-        finally:
-            engine.in_flight -= 1
-            engine.metrics.in_flight.dec()
+            data = await image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+            result = await worker.segment(data, params, deadline, request.is_disconnected)
+        if format == "coco":
+            return json_response(result.to_coco(image_id))
+        return json_response(result.to_json(worker.info))
 
-    @app.get("/healthz", response_model=schemas.HealthResponse, summary="Process is alive")
-    async def healthz() -> Response:
+    @app.get(
+        "/healthz",
+        response_model=schemas.HealthResponse,
+        responses=_error_docs(503),
+        summary="Process is alive and its inference calls are not all failing",
+    )
+    async def healthz(request: Request) -> Response:
+        worker: Worker | None = request.app.state.worker
+        if worker is not None and not worker.healthy:
+            raise ServiceError(
+                "unhealthy",
+                f"the last {worker.batcher.consecutive_failures} inference calls failed "
+                f"(MASKX_UNHEALTHY_AFTER_FAILURES={settings.unhealthy_after_failures}); "
+                "restart this worker",
+            )
         return json_response({"status": "ok"})
 
     @app.get(
@@ -341,7 +469,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         summary="Model loaded and warmed up; not draining",
     )
     async def readyz(request: Request) -> Response:
-        (await get_engine(request)).check_available()
+        (await get_worker(request)).admission.check_available()
         return json_response({"status": "ready"})
 
     @app.get(
@@ -351,6 +479,9 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
     )
     async def metrics_route(request: Request) -> Response:
+        worker: Worker | None = request.app.state.worker
+        if worker is not None:
+            worker.refresh_model_info()
         registry = request.app.state.metrics.registry
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -360,8 +491,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         responses=_error_docs(503),
         summary="The model being served",
     )
-    async def model_route(engine: EngineDep) -> Response:
-        info = engine.info
+    async def model_route(worker: WorkerDep) -> Response:
+        info = worker.info
         return json_response(
             {
                 "name": info.name,
@@ -369,7 +500,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 "num_classes": info.num_classes,
                 "classes": list(info.classes),
                 "mask_classes": list(info.mask_classes),
-                "provider": engine.runtime.provider,
+                "category_ids": list(info.category_ids),
+                "provider": worker.refresh_model_info(),
                 "min_size": info.min_size,
                 "max_size": info.max_size,
                 "size_divisible": info.size_divisible,

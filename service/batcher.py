@@ -3,9 +3,14 @@
 A single worker task takes the oldest waiting request, then keeps taking requests until it holds
 ``max_batch_size`` of them or ``max_batch_delay_s`` has passed since the first, drops those whose
 deadline has already passed, and runs the batch in a dedicated inference thread so the event loop
-stays free. The delay is only spent while more requests are on their way (``arriving``: admitted
-and still decoding): a lone request is never held back for company that is not coming. A full queue refuses at once (``queue_full`` → 429 with ``Retry-After``) instead of
-letting latency grow without bound.
+stays free. The delay is only spent while more requests are on their way (inside
+:meth:`Batcher.arriving`: admitted and still decoding): a lone request is never held back for
+company that is not coming. A full queue refuses at once (``queue_full`` → 429 with
+``Retry-After``) instead of letting latency grow without bound.
+
+The batcher owns everything about its inference thread: the arrival count, the warm-up run on
+that thread before it reports ready, and the run of consecutive failed calls (``/healthz``).
+Deadlines are ``time.monotonic()`` values.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from service.errors import ServiceError
+from service.errors import RETRY_AFTER_BUSY_S, ServiceError, draining_error
 from service.metrics import ServiceMetrics
 from service.preprocess import PreparedImage
 from service.runtime import RawDetections
@@ -25,7 +31,6 @@ from service.runtime import RawDetections
 log = logging.getLogger("maskx.service")
 
 InferFn = Callable[[Sequence[PreparedImage]], list[RawDetections]]
-ArrivingFn = Callable[[], int]
 
 
 @dataclass
@@ -43,7 +48,7 @@ class _Job:
     image: PreparedImage
     future: asyncio.Future[BatchOutput]
     enqueued: float
-    deadline: float  # loop.time() after which the result is useless
+    deadline: float  # time.monotonic() after which the result is useless
 
 
 class Batcher:
@@ -57,7 +62,6 @@ class Batcher:
         max_batch_delay_s: float,
         queue_size: int,
         metrics: ServiceMetrics | None = None,
-        arriving: ArrivingFn | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_batch_delay_s < 0:
             raise ValueError(
@@ -69,8 +73,11 @@ class Batcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.queue_size = queue_size
         self.metrics = metrics
-        # Requests that will be submitted soon; without it, always wait the whole delay.
-        self._arriving = arriving
+        self._arriving = 0  # requests inside arriving(): submitted soon, worth waiting for
+        self.ready = False
+        self.warmup_error: str | None = None
+        self.consecutive_failures = 0
+        self._warmup_task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=queue_size)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="maskx-infer")
         self._worker: asyncio.Task[None] | None = None
@@ -80,17 +87,40 @@ class Batcher:
             metrics.bind_queue(lambda: self._queue.qsize(), queue_size)
 
     @property
-    def depth(self) -> int:
-        """Requests waiting (not counting the batch being run)."""
-        return self._queue.qsize()
-
-    @property
     def idle(self) -> bool:
         return self._queue.empty() and not self._busy
 
-    def start(self) -> None:
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request that will be submitted soon (it is decoding): while any is, a
+        batch waits up to the delay for it; while none is, a batch starts at once."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+
+    def start(self, warmup: Callable[[], object] | None = None) -> None:
+        """Start the worker task; run ``warmup`` on the inference thread first, in the
+        background (``ready`` turns True after it, or at once without one)."""
+        loop = asyncio.get_running_loop()
         if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="maskx-batcher")
+            self._worker = loop.create_task(self._run(), name="maskx-batcher")
+        if warmup is None:
+            self.ready = True
+        elif self._warmup_task is None:
+            self._warmup_task = loop.create_task(self._warm_up(warmup), name="maskx-warmup")
+
+    async def _warm_up(self, warmup: Callable[[], object]) -> None:
+        t0 = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, warmup)
+        except Exception as exc:
+            self.warmup_error = f"warm-up failed: {exc}"
+            log.exception("warm-up failed; the worker stays not ready")
+            return
+        log.info("warm-up done in %.2f s; ready", time.perf_counter() - t0)
+        self.ready = True
 
     def submit(self, image: PreparedImage, deadline: float) -> asyncio.Future[BatchOutput]:
         """Queue ``image``; the future resolves to its :class:`BatchOutput`.
@@ -99,20 +129,16 @@ class Batcher:
         full; never waits.
         """
         if self._closed:
-            raise ServiceError(
-                "draining",
-                "the server is shutting down; retry on another replica",
-                headers={"Retry-After": "1"},
-            )
+            raise draining_error()
         loop = asyncio.get_running_loop()
-        job = _Job(image, loop.create_future(), loop.time(), deadline)
+        job = _Job(image, loop.create_future(), time.monotonic(), deadline)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise ServiceError(
                 "queue_full",
                 f"the batch queue is full ({self.queue_size} waiting requests); retry later",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
             ) from None
         return job.future
 
@@ -130,7 +156,7 @@ class Batcher:
                 job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = fill_until - loop.time()
-                if remaining <= 0 or (self._arriving is not None and self._arriving() <= 0):
+                if remaining <= 0 or self._arriving <= 0:
                     break
                 try:
                     job = await asyncio.wait_for(self._queue.get(), remaining)
@@ -147,7 +173,7 @@ class Batcher:
         stop = False
         while not stop:
             batch, stop = await self._next_batch()
-            now = loop.time()
+            now = time.monotonic()
             live = []
             for job in batch:
                 if job.future.done():  # the caller gave up (deadline or disconnect)
@@ -167,7 +193,7 @@ class Batcher:
                 self._busy = False
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        start = loop.time()
+        start = time.monotonic()
         t0 = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(
@@ -176,6 +202,7 @@ class Batcher:
             if len(outputs) != len(jobs):
                 raise RuntimeError(f"runtime returned {len(outputs)} results for {len(jobs)}")
         except Exception as exc:
+            self.consecutive_failures += 1
             log.exception("inference failed for a batch of %d", len(jobs))
             for job in jobs:
                 if not job.future.done():
@@ -184,6 +211,7 @@ class Batcher:
                     )
             return
         inference_s = time.perf_counter() - t0
+        self.consecutive_failures = 0
         if self.metrics is not None:
             self.metrics.inference.observe(inference_s)
             self.metrics.batch_size.observe(len(jobs))
@@ -201,6 +229,8 @@ class Batcher:
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Close, let queued batches finish (up to ``timeout_s``), stop the worker."""
         self.close()
+        if self._warmup_task is not None and not self._warmup_task.done():
+            self._warmup_task.cancel()
         if self._worker is not None:
             loop = asyncio.get_running_loop()
             until = loop.time() + timeout_s
@@ -215,5 +245,5 @@ class Batcher:
             while not self._queue.empty():  # only after a timed-out drain
                 job = self._queue.get_nowait()
                 if job is not None and not job.future.done():
-                    job.future.set_exception(ServiceError("draining", "the server shut down"))
+                    job.future.set_exception(draining_error())
         self.executor.shutdown(wait=False, cancel_futures=True)

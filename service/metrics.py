@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# 1 ms .. 10 s, about three buckets per decade.
+# 1 ms .. 60 s, about three buckets per decade: the request histogram covers the default 30 s
+# deadline, and 1.5x a longer deadline is added as its top bound, so a 504 lands in a bucket.
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    15.0, 20.0, 30.0, 45.0, 60.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -20,14 +22,20 @@ DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 class ServiceMetrics:
     """All metrics of one app, registered in ``self.registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, deadline_s: float = 30.0
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # A request that hits its deadline takes a little longer than it: 1.5x leaves room.
+        top = max(LATENCY_BUCKETS[-1], deadline_s * 1.5)
+        request_buckets = tuple(sorted({*LATENCY_BUCKETS, top}))
         self.request_duration = Histogram(
             "maskx_request_duration_seconds",
-            "End-to-end request latency by route template and status code.",
+            "End-to-end request latency by route template and status code (499: the client "
+            "closed the connection first).",
             ["route", "status"],
-            buckets=LATENCY_BUCKETS,
+            buckets=request_buckets,
             registry=r,
         )
         self.requests = Counter(
@@ -68,6 +76,23 @@ class ServiceMetrics:
         )
         self.in_flight = Gauge(
             "maskx_in_flight_requests", "POST /segment requests being handled.", registry=r
+        )
+        self.in_flight_capacity = Gauge(
+            "maskx_in_flight_capacity",
+            "Most POST /segment requests admitted at once (MASKX_MAX_IN_FLIGHT).",
+            registry=r,
+        )
+        self.skipped = Counter(
+            "maskx_skipped_requests",
+            "Requests whose remaining work was skipped: stage=decode when the deadline passed "
+            "before decoding, stage=postprocess when the client was gone after inference.",
+            ["stage"],
+            registry=r,
+        )
+        self.consecutive_failures = Gauge(
+            "maskx_consecutive_inference_failures",
+            "Failed inference calls since the last one that succeeded.",
+            registry=r,
         )
         self.queue_depth = Gauge(
             "maskx_queue_depth", "Requests waiting in the batch queue.", registry=r

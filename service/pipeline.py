@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from service.contract import ModelMetadata
 from service.errors import ServiceError
 from service.postprocess import (
     Detection,
@@ -27,7 +28,8 @@ from service.postprocess import (
     postprocess_detections,
 )
 from service.preprocess import PreparedImage, decode_image, pad_batch
-from service.runtime import ModelInfo, RawDetections, Runtime, load_runtime
+from service.runtime import RawDetections, Runtime, load_runtime
+from service.settings import MaskMode, Settings
 
 __all__ = [
     "Detection",
@@ -37,6 +39,7 @@ __all__ = [
     "SegmentResult",
     "infer_batch",
     "parse_classes",
+    "request_params",
 ]
 
 
@@ -49,8 +52,8 @@ class SegmentResult:
     detections: list[Detection]
     timing_ms: dict[str, float] = field(default_factory=dict)
 
-    def to_json(self, info: ModelInfo) -> dict[str, Any]:
-        """The ``POST /segment`` response body (docs/contracts.md, DESIGN.md §3)."""
+    def to_json(self, info: ModelMetadata) -> dict[str, Any]:
+        """The ``POST /segment`` response body (docs/contracts.md, "HTTP API")."""
         return {
             "model": {"name": info.name, "version": info.version, "num_classes": info.num_classes},
             "image": {"width": self.width, "height": self.height},
@@ -58,8 +61,12 @@ class SegmentResult:
             "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
         }
 
+    def to_coco(self, image_id: int) -> list[dict[str, Any]]:
+        """The ``format=coco`` body: a COCO results list for image ``image_id``."""
+        return [d.to_coco(image_id) for d in self.detections]
 
-def parse_classes(spec: str | None, info: ModelInfo) -> frozenset[int] | None:
+
+def parse_classes(spec: str | None, info: ModelMetadata) -> frozenset[int] | None:
     """``"dog,17"`` -> model labels to keep; names or 1-based labels, comma-separated.
 
     Raises :class:`ServiceError` ``unknown_class`` naming the first entry that is neither.
@@ -82,6 +89,29 @@ def parse_classes(spec: str | None, info: ModelInfo) -> frozenset[int] | None:
                 f"label in 1..{info.num_classes} (see GET /v1/model)",
             )
     return frozenset(labels)
+
+
+def request_params(
+    settings: Settings,
+    info: ModelMetadata,
+    *,
+    score_threshold: float | None = None,
+    mask_threshold: float | None = None,
+    max_detections: int | None = None,
+    classes: str | None = None,
+    masks: MaskMode = "rle",
+) -> SegmentParams:
+    """The one place a request's options are built: each one given, or the setting's default.
+
+    Used by ``POST /segment`` (query parameters) and ``maskx predict`` (flags).
+    """
+    return SegmentParams(
+        score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
+        mask_threshold=settings.mask_threshold if mask_threshold is None else mask_threshold,
+        max_detections=settings.max_detections if max_detections is None else max_detections,
+        classes=parse_classes(classes, info),
+        masks=masks == "rle",
+    )
 
 
 def infer_batch(runtime: Runtime, images: Sequence[PreparedImage]) -> list[RawDetections]:
@@ -109,7 +139,7 @@ class Pipeline:
         return cls(load_runtime(model_path, providers), max_pixels=max_pixels)
 
     @property
-    def info(self) -> ModelInfo:
+    def info(self) -> ModelMetadata:
         return self.runtime.info
 
     def prepare(self, data: bytes) -> PreparedImage:
@@ -154,7 +184,7 @@ class Pipeline:
         )
 
 
-def warmup_shapes(info: ModelInfo) -> list[tuple[int, int]]:
+def warmup_shapes(info: ModelMetadata) -> list[tuple[int, int]]:
     """Representative input sizes (h, w): landscape 4:3, portrait 3:4 and square."""
     lo, hi = info.min_size, info.max_size
     long_side = min(hi, round(lo * 4 / 3))

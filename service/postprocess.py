@@ -11,12 +11,13 @@ image size is ever allocated per detection.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service.runtime import ModelInfo, RawDetections
+from service.contract import ModelMetadata
+from service.runtime import RawDetections
 
 # |value| bounds of a compressed-RLE count written in 1, 2, ... 5-bit chunks (signed, 5 bits
 # each, the top one's high bit saying "more follows"): k chunks hold -2**(5k-1) <= v < 2**(5k-1).
@@ -38,30 +39,44 @@ class SegmentParams:
 class Detection:
     """One detection in displayed-image pixels.
 
-    ``mask`` is the COCO RLE dict (``size`` [h, w], ``counts`` str) or None; ``mask_origin``
-    (x0, y0) and ``mask_region`` (bool [h_r, w_r]) are the same mask kept box-local, for
-    overlays that should not decode a full-image bitmap.
+    ``label`` is the model label (1..K), ``category_id`` the dataset's id of that class (COCO
+    ``category_id``); ``mask`` is the COCO RLE dict (``size`` [h, w], ``counts`` str) or None.
     """
 
     box: tuple[float, float, float, float]
     score: float
     label: int
+    category_id: int
     name: str
     mask_source: str
     mask: dict[str, Any] | None = None
-    mask_origin: tuple[int, int] = (0, 0)
-    mask_region: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """One entry of the ``detections`` list of a ``POST /segment`` response."""
         out: dict[str, Any] = {
             "box": [round(v, 2) for v in self.box],
             "score": round(self.score, 5),
             "label": self.label,
+            "category_id": self.category_id,
             "name": self.name,
             "mask_source": self.mask_source,
         }
         if self.mask is not None:
             out["mask"] = self.mask
+        return out
+
+    def to_coco(self, image_id: int) -> dict[str, Any]:
+        """One entry of a COCO results list (what ``COCO.loadRes`` reads): ``bbox`` is
+        x, y, width, height; ``segmentation`` the RLE (absent with ``masks=none``)."""
+        x1, y1, x2, y2 = self.box
+        out: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": self.category_id,
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(self.score, 5),
+        }
+        if self.mask is not None:
+            out["segmentation"] = self.mask
         return out
 
 
@@ -289,7 +304,7 @@ def postprocess_detections(
     *,
     input_size: tuple[int, int],
     image_size: tuple[int, int],
-    info: ModelInfo,
+    info: ModelMetadata,
     params: SegmentParams,
 ) -> list[Detection]:
     """Detections of **one** image, filtered, in displayed pixels, with masks.
@@ -325,6 +340,7 @@ def postprocess_detections(
             box=tuple(box),  # type: ignore[arg-type]
             score=score,
             label=label,
+            category_id=info.category_id(label),
             name=info.class_name(label),
             mask_source=info.mask_source(label),
         )
@@ -334,9 +350,6 @@ def postprocess_detections(
         regions = paste_masks_box_local(
             raw.mask_probs[index], int_boxes, im_h, im_w, params.mask_threshold
         )
-        for det, (x0, y0, region), counts in zip(
-            out, regions, encode_regions(regions, im_h, im_w), strict=True
-        ):
+        for det, counts in zip(out, encode_regions(regions, im_h, im_w), strict=True):
             det.mask = {"size": [im_h, im_w], "counts": counts}
-            det.mask_origin, det.mask_region = (x0, y0), region
     return out

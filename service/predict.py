@@ -15,49 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 
 from service.errors import ServiceError
+from service.flags import PREDICT_FLAGS, add_setting_flags, settings_from_args
 from service.overlay import render_overlay
-from service.pipeline import Pipeline, SegmentParams
+from service.pipeline import Pipeline, SegmentParams, request_params
 
 # Offline the files are the user's own, so the pixel bound sits far above the service's default;
 # it still turns a mistaken gigapixel scan into a message rather than a memory error.
 MAX_PIXELS = 400_000_000
 
 
-def _fraction(name: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name}={value} must be in [0, 1]")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``maskx predict``."""
+    """Arguments of ``maskx predict``: image files, ``--out``, and the settings it shares with
+    ``maskx serve`` (``--model``, ``--providers``, request defaults; see :mod:`service.flags`)."""
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    parser.add_argument("--model", type=Path, required=True, help="exported model.onnx")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument(
-        "--score-threshold", type=_fraction("--score-threshold"), default=0.5,
-        help="keep detections scoring at least this (default 0.5)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--mask-threshold", type=_fraction("--mask-threshold"), default=0.5,
-        help="mask probability that counts as foreground (default 0.5)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-detections", type=int, default=100, help="most detections per image (default 100)"
-    )
-    parser.add_argument(
-        "--providers", default="auto",
-        help="comma list of tensorrt,cuda,cpu or 'auto' (default: CUDA when available)",
-    )  # fmt: skip
+    add_setting_flags(parser, PREDICT_FLAGS, required=("model_path",))
     parser.add_argument("--no-legend", action="store_true", help="omit the legend strip")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -121,25 +96,17 @@ def predict_files(
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``maskx predict``; returns the exit status (1 with a message on bad input)."""
-    if args.max_detections < 1 or args.max_detections > 1000:
-        print(f"--max-detections={args.max_detections} must be in 1..1000", file=sys.stderr)
-        return 2
-    params = SegmentParams(
-        score_threshold=args.score_threshold,
-        mask_threshold=args.mask_threshold,
-        max_detections=args.max_detections,
-    )
-    providers = [p.strip().lower() for p in str(args.providers).split(",") if p.strip()]
-    unknown = [p for p in providers if p not in ("tensorrt", "cuda", "cpu")]
-    if providers != ["auto"] and (not providers or unknown):
-        print(
-            f"--providers={args.providers!r}: expected 'auto' or a comma list of tensorrt,cuda,cpu",
-            file=sys.stderr,
-        )
+    """Run ``maskx predict``; returns the exit status (2 on bad settings, 1 on bad input)."""
+    try:
+        settings = settings_from_args(args, PREDICT_FLAGS, max_pixels=MAX_PIXELS)
+    except ValidationError as exc:
+        print(f"maskx predict: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     try:
-        pipeline = Pipeline.from_model(args.model, providers, max_pixels=MAX_PIXELS)
+        pipeline = Pipeline.from_model(
+            settings.model_path, settings.provider_list, max_pixels=settings.max_pixels
+        )
+        params = request_params(settings, pipeline.info)
         written = predict_files(
             pipeline,
             list(args.images),

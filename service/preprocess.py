@@ -28,7 +28,8 @@ _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 class PreparedImage:
     """One image ready for batching.
 
-    ``pixels`` is uint8 ``[3, h, w]`` RGB at the model's scale (not yet padded); ``height`` and
+    ``pixels`` is uint8 ``[3, h, w]`` RGB at the model's scale (not yet padded; possibly a
+    strided view, copied once by :func:`pad_batch`); ``height`` and
     ``width`` are the image as displayed (EXIF orientation applied), the frame of every
     coordinate in the response.
     """
@@ -137,9 +138,9 @@ def decode_image(data: bytes, *, min_size: int, max_size: int, max_pixels: int) 
         raise
     except Exception as exc:  # truncated or corrupt pixel data
         raise ServiceError("undecodable_image", f"cannot decode the image: {exc}") from exc
-    return PreparedImage(
-        pixels=np.ascontiguousarray(pixels.transpose(2, 0, 1)), height=height, width=width
-    )
+    # A [3, h, w] view of the decoded [h, w, 3] pixels: pad_batch's one strided copy into the
+    # batch does the transpose (measured: 1.4 -> 0.4 ms at 640x480 for decode's last step).
+    return PreparedImage(pixels=pixels.transpose(2, 0, 1), height=height, width=width)
 
 
 def pad_batch(images: list[np.ndarray], size_divisible: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,31 +1,22 @@
 """The model core: an ONNX Runtime session behind a small interface that tests can fake.
 
-The graph contract (docs/contracts.md, "ONNX graph"):
-
-* inputs ``images`` uint8 ``[B, 3, H, W]`` RGB, zero-padded to multiples of ``size_divisible``;
-  ``image_sizes`` int64 ``[B, 2]`` (height, width of each valid region);
-* outputs ``boxes`` float32 ``[N, 4]`` (x1, y1, x2, y2 in input pixels), ``scores`` float32
-  ``[N]``, ``labels`` int64 ``[N]`` (1..K), ``batch_index`` int64 ``[N]``, ``mask_probs`` float32
-  ``[N, M, M]``; detections of one image contiguous and sorted by descending score;
-* metadata key ``maskx``: one JSON object (:class:`ModelInfo`).
+The graph's names, shapes and metadata are the contract of :mod:`service.contract`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from service.contract import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
+
 log = logging.getLogger("maskx.service")
 
-METADATA_KEY = "maskx"
-INPUT_NAMES = ("images", "image_sizes")
-OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index", "mask_probs")
 TENSORRT_EXCLUDED_OPS = "NonMaxSuppression,NonZero,RoiAlign"
 
 _ORT_NAMES = {
@@ -34,95 +25,6 @@ _ORT_NAMES = {
     "cpu": "CPUExecutionProvider",
 }
 _SHORT_NAMES = {v: k for k, v in _ORT_NAMES.items()}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the service needs to know about a model, read from the ``maskx`` metadata."""
-
-    name: str
-    version: str
-    classes: tuple[str, ...]
-    mask_classes: tuple[bool, ...]
-    min_size: int
-    max_size: int
-    size_divisible: int = 32
-    mask_resolution: int = 28
-    format_version: int = 1
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def class_name(self, label: int) -> str:
-        """Name of model label ``label`` (1..K)."""
-        return self.classes[label - 1]
-
-    def mask_source(self, label: int) -> str:
-        """``supervised`` for classes in the mask set A, ``transferred`` for classes in B."""
-        return "supervised" if self.mask_classes[label - 1] else "transferred"
-
-
-def parse_metadata(raw: str, source: str = "model") -> ModelInfo:
-    """Parse the ``maskx`` metadata JSON; errors name ``source`` and the field at fault."""
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{source}: metadata key {METADATA_KEY!r} is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(meta, dict):
-        raise ValueError(f"{source}: metadata key {METADATA_KEY!r} must hold a JSON object")
-
-    def need(key: str, kind: type | tuple[type, ...]) -> Any:
-        if key not in meta:
-            raise ValueError(f"{source}: metadata {METADATA_KEY!r} lacks field {key!r}")
-        value = meta[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-            raise ValueError(
-                f"{source}: metadata field {key!r}={value!r} should be of type "
-                f"{getattr(kind, '__name__', kind)}"
-            )
-        return value
-
-    version = meta.get("format_version", 1)
-    if version != 1:
-        raise ValueError(f"{source}: metadata format_version={version!r} is not supported (1)")
-    classes = need("classes", list)
-    if not classes or not all(isinstance(c, str) and c for c in classes):
-        raise ValueError(f"{source}: metadata field 'classes' must be a non-empty list of names")
-    mask_classes = meta.get("mask_classes", [True] * len(classes))
-    if len(mask_classes) != len(classes) or not all(isinstance(m, bool) for m in mask_classes):
-        raise ValueError(
-            f"{source}: metadata field 'mask_classes' must be {len(classes)} booleans "
-            f"(one per class), got {len(mask_classes)} values"
-        )
-    min_size = need("min_size", int)
-    max_size = need("max_size", int)
-    if not 0 < min_size <= max_size:
-        raise ValueError(
-            f"{source}: metadata min_size={min_size}, max_size={max_size}: need 0 < min <= max"
-        )
-    size_divisible = meta.get("size_divisible", 32)
-    mask_resolution = meta.get("mask_resolution", 28)
-    for key, value in (("size_divisible", size_divisible), ("mask_resolution", mask_resolution)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{source}: metadata field {key!r}={value!r} must be a positive int")
-    known = {"format_version", "name", "version", "classes", "mask_classes", "min_size"}
-    known |= {"max_size", "size_divisible", "mask_resolution"}
-    return ModelInfo(
-        name=str(meta.get("name", "maskx")),
-        version=str(meta.get("version", "0")),
-        classes=tuple(classes),
-        mask_classes=tuple(mask_classes),
-        min_size=min_size,
-        max_size=max_size,
-        size_divisible=size_divisible,
-        mask_resolution=mask_resolution,
-        format_version=version,
-        extra={k: v for k, v in meta.items() if k not in known},
-    )
 
 
 @dataclass
@@ -158,8 +60,12 @@ class RawDetections:
 class Runtime(Protocol):
     """The core step: one call per batch. Implementations must be thread-safe for ``run``."""
 
-    info: ModelInfo
-    provider: str  # short name of the provider in use: tensorrt, cuda or cpu (or fake)
+    info: ModelMetadata
+
+    @property
+    def provider(self) -> str:
+        """Short name of the provider in use now (tensorrt, cuda or cpu; or fake)."""
+        ...
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> RawDetections:
         """``images`` uint8 [B, 3, H, W], ``image_sizes`` int64 [B, 2] -> whole-batch outputs."""
@@ -202,7 +108,7 @@ def select_providers(
     return providers, reason
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeSession:
     """An ONNX Runtime session over a model file that honours the graph contract."""
 
     def __init__(
@@ -238,7 +144,6 @@ class OnnxRuntimeEngine:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
         used = self.session.get_providers()
-        self.provider = _SHORT_NAMES.get(used[0], used[0])
         wanted_first = provider_list[0]
         wanted_first = wanted_first[0] if isinstance(wanted_first, tuple) else wanted_first
         if used[0] != wanted_first:
@@ -259,8 +164,15 @@ class OnnxRuntimeEngine:
                 f"{path}: metadata_props has no {METADATA_KEY!r} key; export the model with "
                 "'maskx export' (keys found: " + ", ".join(sorted(meta)) + ")"
             )
-        self.info = parse_metadata(meta[METADATA_KEY], source=str(path))
+        self.info = ModelMetadata.parse(meta[METADATA_KEY], source=str(path))
         self.path = path
+
+    @property
+    def provider(self) -> str:
+        """The provider ONNX Runtime runs on now, read from the session each time: a session
+        whose preferred provider failed runs on the next one, and this says so."""
+        first = self.session.get_providers()[0]
+        return _SHORT_NAMES.get(first, first)
 
     def _check_io(self, path: Path) -> None:
         inputs = [i.name for i in self.session.get_inputs()]
@@ -296,6 +208,6 @@ def load_runtime(
     ``intra_op_threads`` (0: ONNX Runtime's default, one per physical core) and ``spinning``
     (let idle CPU worker threads busy-wait for the next run) tune the CPU provider.
     """
-    return OnnxRuntimeEngine(
+    return OnnxRuntimeSession(
         model_path, providers, intra_op_threads=intra_op_threads, spinning=spinning
     )

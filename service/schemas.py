@@ -22,6 +22,9 @@ class DetectionOut(BaseModel):
     )
     score: float = Field(ge=0, le=1)
     label: int = Field(ge=1, description="Model label, 1..num_classes.")
+    category_id: int = Field(
+        description="The class's id in the dataset the model was trained on (COCO category_id)."
+    )
     name: str
     mask_source: Literal["supervised", "transferred"] = Field(
         description="supervised: class had mask training data (A); transferred: class in B."
@@ -54,9 +57,20 @@ class SegmentResponse(BaseModel):
     timing_ms: Timing
 
 
+class CocoResult(BaseModel):
+    """One entry of the ``format=coco`` answer: what pycocotools' ``COCO.loadRes`` reads."""
+
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float] = Field(description="x, y, width, height.")
+    score: float = Field(ge=0, le=1)
+    segmentation: RleMask | None = Field(None, description="Absent with masks=none.")
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. queue_full.")
     message: str = Field(description="What went wrong and what to do.")
+    request_id: str | None = Field(None, description="The request's X-Request-ID.")
 
 
 class ErrorResponse(BaseModel):
@@ -73,6 +87,7 @@ class ModelDescription(BaseModel):
     num_classes: int
     classes: list[str]
     mask_classes: list[bool] = Field(description="True for classes in the mask set A.")
+    category_ids: list[int] = Field(description="Dataset category id of each class.")
     provider: str = Field(description="Execution provider in use: tensorrt, cuda or cpu.")
     min_size: int
     max_size: int

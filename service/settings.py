@@ -7,14 +7,23 @@ that names the variable at fault.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROVIDER_NAMES = ("tensorrt", "cuda", "cpu")
-
+# Every list of allowed values of the service, once; flags, query parameters and validators
+# read them from here.
+Provider = Literal["tensorrt", "cuda", "cpu"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
+MaskMode = Literal["rle", "none"]  # POST /segment ?masks=
+ResponseFormat = Literal["maskx", "coco"]  # POST /segment ?format=
+PROVIDER_NAMES: tuple[str, ...] = get_args(Provider)
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+MASK_MODES: tuple[str, ...] = get_args(MaskMode)
+RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 
 
 class Settings(BaseSettings):
@@ -39,6 +48,16 @@ class Settings(BaseSettings):
         30.0, gt=0.0, le=3600.0, description="Per-request deadline; passed -> 504."
     )
     max_body_bytes: int = Field(20_000_000, ge=1, description="Body limit; over -> 413.")
+    body_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="Longest time to receive a body; over -> 408."
+    )
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=100_000,
+        description="Most /segment requests admitted at once (reading a body, decoding, "
+        "queued or running); beyond -> 429 server_busy. Bounds memory: each may hold a body.",
+    )
     max_pixels: int = Field(
         40_000_000, ge=1, description="Width x height limit checked before decoding; over -> 413."
     )
@@ -66,7 +85,21 @@ class Settings(BaseSettings):
         "the cores are shared and idle CPU use matters.",
     )
     warmup: bool = Field(True, description="Run warm-up inferences before /readyz turns ready.")
+    unhealthy_after_failures: int = Field(
+        5,
+        ge=1,
+        le=1_000_000,
+        description="Consecutive failed inference calls after which /healthz answers 503 "
+        "(a worker that can only fail should be restarted).",
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma list of origins allowed to call the API from a browser "
+        "(e.g. https://app.example.com), or '*'; empty: no CORS headers (default).",
+    )
     log_level: LogLevel = Field("info", description="Log level.")
+    log_format: LogFormat = Field("text", description="Log lines as text or one JSON object.")
+    access_log: bool = Field(False, description="One log line per request (with its id).")
 
     @field_validator("providers")
     @classmethod
@@ -99,7 +132,16 @@ class Settings(BaseSettings):
                 f"MASKX_MAX_BATCH_SIZE={self.max_batch_size}: a batch could never fill; "
                 "raise the queue size or lower the batch size"
             )
+        if self.max_in_flight < self.max_batch_size:
+            raise ValueError(
+                f"MASKX_MAX_IN_FLIGHT={self.max_in_flight} is smaller than "
+                f"MASKX_MAX_BATCH_SIZE={self.max_batch_size}: a batch could never fill"
+            )
         return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def provider_list(self) -> list[str]:

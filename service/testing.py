@@ -1,5 +1,7 @@
-"""Test doubles for the service: a real ONNX file that honours the graph contract, and a fake
-runtime with a configurable delay. Used by the service, deployment and benchmark tests.
+"""A synthetic ONNX file that honours the graph contract (:mod:`service.contract`), and test
+images. In the package, not under tests/, because ``maskx bench service`` builds its model of
+known cost with it at run time; the service and deployment tests use it too. Test-only doubles
+(fake runtime, live server) live in ``tests/service/helpers.py``.
 
 The test graph returns, for every image ``b`` of a batch, ``len(SCORES)`` detections whose boxes
 are fixed fractions of that image's own ``image_sizes[b]`` (so routing results to the wrong
@@ -10,16 +12,17 @@ request shows), fixed scores and labels, and fixed 28×28 mask probabilities. An
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.runtime import METADATA_KEY, ModelInfo, RawDetections, parse_metadata
+from service.contract import METADATA_KEY, ModelMetadata
+from service.runtime import RawDetections
 
 CLASSES = ("circle-red", "square-blue", "triangle-green", "ring-yellow")
 MASK_CLASSES = (True, False, True, False)
+CATEGORY_IDS = (10, 20, 30, 40)  # dataset ids, unlike the model labels 1..4
 # x1, y1, x2, y2 as fractions of the valid input width/height
 BOX_FRACTIONS = np.array(
     [[0.10, 0.20, 0.60, 0.70], [0.50, 0.05, 0.95, 0.45], [0.02, 0.55, 0.30, 0.98]],
@@ -47,7 +50,7 @@ def default_metadata(**overrides: Any) -> dict[str, Any]:
         "version": "0.0.1",
         "classes": list(CLASSES),
         "mask_classes": list(MASK_CLASSES),
-        "source_ids": list(range(1, len(CLASSES) + 1)),
+        "source_ids": list(CATEGORY_IDS),
         "min_size": 320,
         "max_size": 512,
         "size_divisible": 32,
@@ -187,7 +190,12 @@ def build_test_model(
     model.ir_version = 8
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = json.dumps(metadata if metadata is not None else default_metadata())
+    # A given dict is written as is (tests write broken metadata on purpose).
+    entry.value = (
+        ModelMetadata.from_dict(default_metadata(), "test model").to_json()
+        if metadata is None
+        else json.dumps(metadata)
+    )
     onnx.checker.check_model(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,91 +224,3 @@ def make_image(
     buf = io.BytesIO()
     img.save(buf, fmt, **save)
     return buf.getvalue()
-
-
-class FakeRuntime:
-    """A runtime without ONNX Runtime: returns :func:`expected_outputs` after ``delay_s``.
-
-    ``calls`` records the batch size of every call; ``fail`` makes every call raise.
-    """
-
-    def __init__(
-        self,
-        info: ModelInfo | None = None,
-        *,
-        delay_s: float = 0.0,
-        fail: bool = False,
-        provider: str = "fake",
-    ) -> None:
-        self.info = info or parse_metadata(json.dumps(default_metadata()), "fake")
-        self.delay_s = delay_s
-        self.fail = fail
-        self.provider = provider
-        self.calls: list[int] = []
-
-    def run(self, images: np.ndarray, image_sizes: np.ndarray) -> RawDetections:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"images should be uint8 [B, 3, H, W], got {images.dtype} {images.shape}"
-            )
-        d = self.info.size_divisible
-        if images.shape[2] % d or images.shape[3] % d:
-            raise ValueError(f"images {images.shape} not padded to multiples of {d}")
-        self.calls.append(int(images.shape[0]))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail:
-            raise RuntimeError("fake runtime failure")
-        return expected_outputs(image_sizes)
-
-
-class LiveServer:
-    """A real uvicorn server on loopback in a background thread (for tests and benchmarks).
-
-    Use as a context manager; ``url`` is ``http://127.0.0.1:<port>`` once entered. ``server`` is
-    the draining uvicorn server of ``maskx serve``, so ``server.handle_exit(SIGTERM, None)``
-    drains exactly as a signal would.
-    """
-
-    def __init__(self, app: Any, *, start_timeout_s: float = 30.0) -> None:
-        self.app = app
-        self.start_timeout_s = start_timeout_s
-        self.url = ""
-        self.server: Any = None
-        self._thread: Any = None
-
-    def __enter__(self) -> LiveServer:
-        import threading
-
-        from service.cli import make_server
-        from service.settings import Settings
-
-        settings: Settings = self.app.state.settings.model_copy(
-            update={"host": "127.0.0.1", "port": 0, "log_level": "warning"}
-        )
-        self.server = make_server(self.app, settings)
-        self._thread = threading.Thread(target=self.server.run, name="maskx-live", daemon=True)
-        self._thread.start()
-        until = time.monotonic() + self.start_timeout_s
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > until:
-                raise RuntimeError("the live server did not start (see the log above)")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Block until ``GET /readyz`` answers 200."""
-        import httpx
-
-        until = time.monotonic() + timeout_s
-        while time.monotonic() < until:
-            if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"{self.url}/readyz did not turn ready within {timeout_s} s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=30)

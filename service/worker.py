@@ -1,35 +1,40 @@
-"""The serving engine that the app's lifespan owns: pipeline + batcher + metrics + state.
+"""The serving worker that the app's lifespan owns: admission + pipeline + batcher + metrics.
 
-Request path: decode in the CPU pool → batch queue → one runtime call per batch (inference
-thread) → paste + RLE in the CPU pool. The event loop only moves bytes and futures.
+Request path: admission (before the body is read) → decode in the CPU pool → batch queue → one
+runtime call per batch (inference thread) → paste + RLE in the CPU pool. The event loop only
+moves bytes and futures. Each piece of state has one owner: :class:`~service.admission.Admission`
+(ready/draining, in-flight count and cap), :class:`~service.batcher.Batcher` (queue, arrivals,
+warm-up, consecutive failures); this class wires them and runs one request through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from service.admission import Admission
 from service.batcher import Batcher
+from service.contract import ModelMetadata
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline, SegmentResult, warmup
 from service.postprocess import SegmentParams
-from service.runtime import ModelInfo, Runtime
+from service.preprocess import PreparedImage
+from service.runtime import Runtime
 from service.settings import Settings
 
 log = logging.getLogger("maskx.service")
 T = TypeVar("T")
-
-RETRY_AFTER_NOT_READY_S = 5
-RETRY_AFTER_DRAINING_S = 1
+ClientGone = Callable[[], Awaitable[bool]]
 
 
-class Engine:
-    """Serving state: ready/draining flags, in-flight count, pools, batcher."""
+class Worker:
+    """One model served: admission, CPU pool, batcher, and the request path through them."""
 
     def __init__(self, settings: Settings, runtime: Runtime, metrics: ServiceMetrics) -> None:
         self.settings = settings
@@ -43,93 +48,84 @@ class Engine:
             max_batch_delay_s=settings.max_batch_delay_ms / 1000.0,
             queue_size=settings.queue_size,
             metrics=metrics,
-            arriving=lambda: self.arriving,
         )
-        self.ready = False
-        self.draining = False
-        self.in_flight = 0
-        self.arriving = 0  # in segment(), not yet in the batch queue: worth waiting for
-        self.warmup_error: str | None = None
-        self._warmup_task: asyncio.Task[None] | None = None
-        metrics.set_model(self.info.name, self.info.version, runtime.provider)
+        self.admission = Admission(
+            settings.max_in_flight,
+            metrics,
+            ready=lambda: self.batcher.ready,
+            not_ready_reason=lambda: self.batcher.warmup_error,
+        )
+        metrics.consecutive_failures.set_function(lambda: self.batcher.consecutive_failures)
+        self._provider = ""
+        self.refresh_model_info()
 
     @property
-    def info(self) -> ModelInfo:
+    def info(self) -> ModelMetadata:
         return self.runtime.info
+
+    def refresh_model_info(self) -> str:
+        """The provider in use now; ``maskx_model_info`` follows it when it changes."""
+        provider = self.runtime.provider
+        if provider != self._provider:
+            if self._provider:
+                log.warning("execution provider changed from %s to %s", self._provider, provider)
+            self._provider = provider
+            self.metrics.set_model(self.info.name, self.info.version, provider)
+        return provider
+
+    @property
+    def healthy(self) -> bool:
+        """False after ``unhealthy_after_failures`` failed inference calls in a row."""
+        return self.batcher.consecutive_failures < self.settings.unhealthy_after_failures
 
     async def start(self) -> None:
         """Start the batcher; warm up in the background (``/readyz`` turns ready after it)."""
-        self.batcher.start()
-        if self.settings.warmup:
-            self._warmup_task = asyncio.get_running_loop().create_task(self._warmup())
-        else:
-            self.ready = True
-
-    async def _warmup(self) -> None:
-        t0 = time.perf_counter()
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self.batcher.executor, warmup, self.runtime, self.settings.max_batch_size
-            )
-        except Exception as exc:
-            self.warmup_error = f"warm-up failed: {exc}"
-            log.exception("warm-up failed; the worker stays not ready")
-            return
-        log.info("warm-up done in %.2f s; ready", time.perf_counter() - t0)
-        self.ready = True
-
-    def begin_drain(self) -> None:
-        """Stop taking work: /readyz and new /segment requests answer 503. Requests already
-        admitted (reading their body, decoding, queued, running) still finish: the batcher
-        closes only in :meth:`stop`, once the server has seen ``idle``."""
-        if not self.draining:
-            log.info("draining: %d requests in flight", self.in_flight)
-        self.draining = True
+        run_warmup = functools.partial(warmup, self.runtime, self.settings.max_batch_size)
+        self.batcher.start(run_warmup if self.settings.warmup else None)
 
     @property
     def idle(self) -> bool:
-        return self.in_flight == 0 and self.batcher.idle
+        return self.admission.in_flight == 0 and self.batcher.idle
 
     async def stop(self) -> None:
-        self.begin_drain()
-        if self._warmup_task is not None and not self._warmup_task.done():
-            self._warmup_task.cancel()
+        self.admission.begin_drain()
         await self.batcher.drain(timeout_s=self.settings.request_timeout_s)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
-
-    def check_available(self) -> None:
-        """Raise the 503 that applies, if any."""
-        if self.draining:
-            raise ServiceError(
-                "draining",
-                "the server is shutting down; retry on another replica",
-                headers={"Retry-After": str(RETRY_AFTER_DRAINING_S)},
-            )
-        if not self.ready:
-            message = self.warmup_error or "the model is loading or warming up; retry shortly"
-            raise ServiceError(
-                "not_ready", message, headers={"Retry-After": str(RETRY_AFTER_NOT_READY_S)}
-            )
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
-    async def segment(self, data: bytes, params: SegmentParams, deadline: float) -> SegmentResult:
-        """Segment one image; ``deadline`` is an event-loop time (``loop.time()``).
+    def _decode_before(self, data: bytes, deadline: float) -> PreparedImage | None:
+        """Decode ``data`` unless ``deadline`` passed while this waited for a CPU thread."""
+        if time.monotonic() >= deadline:
+            return None
+        return self.pipeline.prepare(data)
 
-        The caller admits the request (:meth:`check_available`, ``in_flight``) before reading
-        its body; a drain that starts after that lets it finish.
+    async def segment(
+        self,
+        data: bytes,
+        params: SegmentParams,
+        deadline: float,
+        client_gone: ClientGone | None = None,
+    ) -> SegmentResult:
+        """Segment one image; ``deadline`` is a ``time.monotonic()`` value.
+
+        The caller admits the request (:meth:`Admission.admit`) before reading its body. No CPU
+        is spent on a request that cannot be answered: decoding is skipped once the deadline
+        has passed (504), post-processing once ``client_gone()`` says the client left (499);
+        both count in ``maskx_skipped_requests_total``.
         """
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        self.arriving += 1
-        try:
-            image = await self._in_pool(self.pipeline.prepare, data)
-        finally:
-            self.arriving -= 1
+        with self.batcher.arriving():
+            image = await self._in_pool(self._decode_before, data, deadline)
+        if image is None:
+            self.metrics.skipped.labels(stage="decode").inc()
+            raise ServiceError(
+                "deadline_exceeded", "the request deadline passed before its image was decoded"
+            )
         decode_s = time.perf_counter() - t0
         self.metrics.preprocess.observe(decode_s)
-        remaining = deadline - loop.time()
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ServiceError("deadline_exceeded", "the request deadline passed while decoding")
         future = self.batcher.submit(image, deadline)
@@ -141,6 +137,9 @@ class Engine:
                 f"no result within the request deadline of {self.settings.request_timeout_s:g} s "
                 "(MASKX_REQUEST_TIMEOUT_S)",
             ) from None
+        if client_gone is not None and await client_gone():
+            self.metrics.skipped.labels(stage="postprocess").inc()
+            raise ServiceError("client_closed_request", "the client closed the connection")
         t1 = time.perf_counter()
         detections = await self._in_pool(self.pipeline.finish, out.raw, image, params)
         post_s = time.perf_counter() - t1

@@ -12,12 +12,17 @@ A checkpoint is a ``torch.save`` dict::
     step            optimisation steps done
     rng             torch / cuda / numpy / python RNG states
     metrics         the last evaluation, if any
+
+Loading never runs code from the file: ``torch.load(weights_only=True)`` with an allow-list of
+exactly the non-tensor types a checkpoint holds (:func:`checkpoint_globals`: numpy arrays, for
+numpy's RNG state); anything else is refused with the file and the type named.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -65,14 +70,63 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def checkpoint_globals() -> list[Any]:
+    """The allow-list of :func:`load_checkpoint`: what ``np.random.get_state()`` pickles to (a
+    uint32 ndarray rebuilt by numpy's ``_reconstruct`` with its ``dtype``), under numpy 2's
+    module path and numpy 1's (files written with either load). Tensors, dicts, lists, tuples, str, int,
+    float, bool and None need no entry."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return [
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType: the MT19937 key's dtype
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]
+
+
+def _refused_types(path: Path, exc: Exception) -> str:
+    """The types a refused checkpoint holds beyond the allow-list, for the error message."""
+    allowed = {
+        g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+        for g in checkpoint_globals()
+    }
+    try:
+        # Reads the pickle's opcodes only; nothing in it is run.
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        found = []
+    foreign = [g for g in found if g not in allowed]
+    if foreign:
+        return ", ".join(foreign)
+    # Not a global of its own (e.g. a class built from an allowed one): torch's own words.
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    detail = next((x for x in lines if "but got" in x or "Unsupported" in x), lines[-1])
+    return f"a type outside the allow-list ({detail})"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a maskx checkpoint (on the CPU)."""
+    """Read and check a maskx checkpoint (on the CPU), without running code from it.
+
+    Raises :class:`CheckpointError` naming the file: missing, unreadable, not a maskx
+    checkpoint, or holding a type outside :func:`checkpoint_globals` (named in the message;
+    a checkpoint from someone else may carry a pickle that would run code when loaded).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        # Our checkpoints hold numpy RNG states and plain dicts besides tensors.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(checkpoint_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused a type
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {_refused_types(path, exc)}, which maskx "
+            "checkpoints never hold; refusing to load it (unpickling it could run code). "
+            "Load only checkpoints written by 'maskx train'."
+        ) from None
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {str(path)!r} cannot be read (truncated or not a torch file): {exc}"

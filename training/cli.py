@@ -7,18 +7,12 @@ import logging
 import sys
 
 from model.config import ConfigError
+from training.config import add_override_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); defaults if omitted")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config value, e.g. --set solver.lr=0.01 --set data.mask_classes=voc",
-    )
+    add_override_argument(parser)
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, metrics)")
     parser.add_argument(
         "--no-resume",

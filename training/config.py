@@ -6,6 +6,7 @@ A config has four sections — ``model`` (a :class:`model.ModelConfig`), ``data`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -170,6 +171,18 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not supported; allowed values: {list(allowed)}")
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set SECTION.FIELD=VALUE`` (repeatable) into ``args.overrides``, for :func:`load_config`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config value, e.g. --set solver.lr=0.01 --set data.mask_classes=voc",
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

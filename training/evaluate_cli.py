@@ -65,10 +65,9 @@ def run_evaluation(
     None keeps the checkpoint's own. This is the one evaluation routine: ``maskx evaluate``
     and ``maskx bench experiment`` both call it.
     """
-    import torch
-
     from training.checkpoint import load_model_from_checkpoint
     from training.datasets import CocoDataset, build_data_loader
+    from training.distributed import resolve_device
     from training.evaluation import evaluate
 
     model, vocab, _ = load_model_from_checkpoint(checkpoint)
@@ -76,8 +75,7 @@ def run_evaluation(
         vocab = vocab.with_mask_split(mask_classes)
     if score_threshold is not None:
         model.roi_heads.score_thresh = score_threshold
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     model.to(device)
     dataset = CocoDataset(annotations, images, vocab=vocab)
     loader = build_data_loader(dataset, batch_size, workers=workers, shuffle=False)

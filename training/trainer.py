@@ -1,4 +1,5 @@
-"""The training loop: one readable step, with checkpointing, evaluation and logging around it.
+"""The training loop: a :class:`Trainer` whose ``step`` stays readable, with hooks for
+checkpointing, evaluation and logging around it (detectron2's ``TrainerBase`` pattern).
 
 ``train(cfg, out_dir)`` runs single-process or under ``torchrun`` (DDP: NCCL on GPUs, gloo on
 CPU). Rank 0 writes checkpoints, logs and metrics. A run folder holds::
@@ -18,12 +19,13 @@ deterministic settings a resumed run ends with the weights of an uninterrupted o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,48 +50,11 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
-from training.datasets.flip import FlipMap, flip_batch, flip_map_for
+from training.datasets.flip import flip_batch, flip_map_for
+from training.distributed import init_distributed
 from training.schedule import get_lr
 
 log = logging.getLogger("maskx.train")
-
-
-# ----------------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    if device_type == "cuda":
-        torch.cuda.set_device(local)
-    return DistInfo(rank, world, local)
-
-
-def resolve_device(name: str, dist_info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", dist_info.local_rank)
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -171,6 +136,428 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.solver.lr, momentum=cfg.solver.momentum)
 
 
+# ---------------------------------------------------------------------------------- trainer
+@dataclass
+class TrainResult:
+    model: MaskXRCNN
+    metrics: dict[str, Any]
+    step: int
+
+
+def resolve_model_config(cfg: TrainConfig, num_classes: int) -> TrainConfig:
+    """A copy of ``cfg`` whose model config is filled from the data (K) and has its defaults
+    resolved, so that the checkpoint rebuilds the exact same modules without the backbone
+    weights file. ``cfg`` itself is left as it was."""
+    pretrained = cfg.model.backbone_weights is not None
+    model_cfg = cfg.model.replace(
+        num_classes=num_classes,
+        norm=cfg.model.norm or ("frozen_bn" if pretrained else "bn"),
+        trainable_backbone_layers=(
+            cfg.model.trainable_backbone_layers
+            if cfg.model.trainable_backbone_layers is not None
+            else (3 if pretrained else 5)
+        ),
+    )
+    return dataclasses.replace(cfg, model=model_cfg)
+
+
+class HookBase:
+    """Side effects around the loop. The trainer calls, on every rank and in this order:
+    ``before_train``; per step ``after_step``; ``after_eval(metrics)`` whenever it evaluated;
+    ``after_train`` last, also when the loop raised."""
+
+    trainer: Trainer
+
+    def before_train(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_eval(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class Trainer:
+    """Owns a run: model, optimizer, data, step counter, and the hooks around ``step``.
+
+    ``Trainer(cfg, out_dir)`` builds everything and resumes from ``out_dir/checkpoints/last.pt``
+    (unless ``resume=False``); ``step()`` is one optimisation step; ``save()`` writes a
+    checkpoint; ``evaluate()`` runs pycocotools AP on the validation set; ``train()`` loops
+    ``step`` until ``solver.max_iter`` and finishes with an evaluation and ``model_final.pt``.
+    ``hooks=None`` installs :func:`default_hooks`; pass ``[]`` for a bare loop (benchmarks).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = True,
+        hooks: Sequence[HookBase] | None = None,
+    ) -> None:
+        self.out = Path(out_dir)
+        self.dist, self.device = init_distributed(cfg.train.device)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+
+        self.train_set, self.val_set, self.vocab = build_datasets(cfg)
+        self.cfg = cfg = resolve_model_config(cfg, len(self.vocab))
+        self.flip_map = flip_map_for(cfg.data.path(cfg.data.flip_map), self.vocab, log)
+        self.model = build_model(cfg.model)
+        if cfg.train.min_size_train:
+            # torchvision picks a random short side from the tuple in training; eval uses the last.
+            self.model.transform.min_size = (*cfg.train.min_size_train, cfg.model.min_size)
+        if cfg.train.init_checkpoint:
+            init_from_checkpoint(self.model, cfg.train.init_checkpoint, cfg.train.init_parts, log)
+        self.loss_keys = set_trainable(self.model, cfg.train.scheme)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.solver.amp == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.solver.amp)
+
+        self.iter = 0
+        self.lr = cfg.solver.lr
+        self.last_losses: dict[str, float] = {}
+        self.metrics: dict[str, Any] = {}
+        last = self.out / "checkpoints" / "last.pt"
+        if resume and last.is_file():
+            self._resume_from(last)
+
+        self.ddp_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.loader = build_data_loader(
+            self.train_set,
+            cfg.solver.batch_size,
+            workers=cfg.data.workers,
+            shuffle=True,
+            distributed=self.dist.enabled,
+            seed=cfg.train.seed,
+            aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
+        )
+        self.batches_per_epoch = len(self.loader) // cfg.solver.accumulate
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the training set ({len(self.train_set)} images) is smaller than one step's "
+                f"batch ({cfg.solver.batch_size} × {cfg.solver.accumulate} × "
+                f"{self.dist.world_size})"
+            )
+        self._epoch: int | None = None
+        self._batches: Iterator[Any] = iter(())
+        self.stop_at = cfg.solver.max_iter
+        self.model.train()
+        _frozen_modules_to_eval(self.model, cfg.train.scheme)
+        self.hooks: list[HookBase] = list(default_hooks(cfg) if hooks is None else hooks)
+        for hook in self.hooks:
+            hook.trainer = self
+
+    # ------------------------------------------------------------------ the three verbs
+    def step(self) -> dict[str, float]:
+        """One optimisation step over ``solver.accumulate`` micro-batches at the scheduled LR;
+        advances ``self.iter`` and returns the mean losses (Python floats)."""
+        cfg = self.cfg
+        self.lr = get_lr(
+            self.iter, cfg.solver.lr, steps=cfg.solver.steps, gamma=cfg.solver.gamma,
+            warmup_iters=cfg.solver.warmup_iters, warmup_factor=cfg.solver.warmup_factor,
+        )  # fmt: skip
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        batches = self._step_batches()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        n = cfg.solver.accumulate
+        for micro in range(n):
+            images, targets = next(batches)
+            losses = self._forward_backward(images, targets, micro, n)
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) / n
+        if cfg.solver.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]],
+                cfg.solver.clip_grad_norm,
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iter += 1
+        self.last_losses = totals
+        return totals
+
+    def save(self, *, final: bool = False) -> None:
+        """Write ``step_XXXXXXX.pt`` and ``last.pt`` (and ``model_final.pt`` when ``final``);
+        every rank must call it (the RNG states are gathered), rank 0 writes."""
+        rngs = self._gather_rng()
+        if not self.dist.is_main:
+            return
+        ckpt = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "model_config": self.cfg.model.to_dict(),
+            "vocab": self.vocab.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.iter,
+            "rng": rngs,
+            "metrics": self.metrics,
+        }
+        folder = self.out / "checkpoints"
+        save_atomic(ckpt, folder / f"step_{self.iter:07d}.pt")
+        save_atomic(ckpt, folder / "last.pt")
+        if final:
+            save_atomic(ckpt, folder / "model_final.pt")
+        periodic = sorted(folder.glob("step_*.pt"))
+        for old in periodic[: max(len(periodic) - self.cfg.train.keep_checkpoints, 0)]:
+            old.unlink(missing_ok=True)
+
+    def evaluate(self) -> dict[str, Any]:
+        """pycocotools AP on A, B and all classes (rank 0; the others wait); writes
+        ``metrics.json`` and tells the hooks. Leaves the model in training mode."""
+        metrics: dict[str, Any] = {}
+        if self.val_set is not None and self.dist.is_main:
+            from training.evaluation import evaluate, write_metrics_json
+
+            loader = build_data_loader(
+                self.val_set, self.cfg.solver.batch_size, workers=self.cfg.data.workers,
+                shuffle=False,
+            )  # fmt: skip
+            iou_types = ("bbox",) if self.cfg.train.scheme == "stage1" else ("bbox", "segm")
+            metrics = evaluate(
+                self.model, loader, self.val_set.coco, self.vocab, device=str(self.device),
+                progress=self.cfg.train.progress, iou_types=iou_types,
+            )  # fmt: skip
+            metrics = {"step": self.iter, **metrics}
+            write_metrics_json(metrics, self.out / "metrics.json")
+            log.info("step %d: %s", self.iter, _summary(metrics))
+        if self.dist.enabled:
+            dist.barrier()
+        self.model.train()
+        _frozen_modules_to_eval(self.model, self.cfg.train.scheme)
+        self.metrics = metrics
+        for hook in self.hooks:
+            hook.after_eval(metrics)
+        return metrics
+
+    # ---------------------------------------------------------------------- the loop
+    def train(self, max_steps_this_run: int | None = None) -> TrainResult:
+        """Step until ``solver.max_iter`` (or ``max_steps_this_run`` more steps: tests, time
+        slicing), then evaluate and write the final checkpoint; a stop before ``max_iter``
+        writes ``last.pt`` so that the next run resumes."""
+        max_iter = self.cfg.solver.max_iter
+        self.stop_at = stop_at = (
+            max_iter
+            if max_steps_this_run is None
+            else min(max_iter, self.iter + max_steps_this_run)
+        )
+        if self.dist.is_main:
+            (self.out / "config.yaml").write_text(
+                yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+            )
+        try:
+            for hook in self.hooks:
+                hook.before_train()
+            while self.iter < stop_at:
+                self.step()
+                for hook in self.hooks:
+                    hook.after_step()
+            if self.dist.enabled:
+                # DDP syncs buffers at the start of each forward; after the last one, BatchNorm
+                # statistics differ per rank. Make every rank hold what the checkpoint holds.
+                for buffer in self.model.buffers():
+                    dist.broadcast(buffer, 0)
+            if self.iter >= max_iter:
+                self.evaluate()
+            self.save(final=self.iter >= max_iter)
+        finally:
+            for hook in self.hooks:
+                hook.after_train()
+        return TrainResult(model=self.model, metrics=self.metrics, step=self.iter)
+
+    # ------------------------------------------------------------------------ helpers
+    def _resume_from(self, last: Path) -> None:
+        ckpt = load_checkpoint(last)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.iter = int(ckpt["step"])
+        self.metrics = ckpt.get("metrics") or {}
+        rank = self.dist.rank
+        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        if self.dist.is_main:
+            log.info("resuming %s from step %d", self.out, self.iter)
+
+    def _step_batches(self) -> Iterator[Any]:
+        # Each epoch starts a fresh pass over the loader (skipping what a resumed run already
+        # used); micro-batches left over at an epoch's end, fewer than one step, are dropped.
+        epoch, in_epoch = divmod(self.iter, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._batches = _epoch_batches(
+                self.loader, epoch, in_epoch * self.cfg.solver.accumulate
+            )
+            self._epoch = epoch
+        return self._batches
+
+    def _forward_backward(
+        self, images: Any, targets: Any, micro: int, n: int
+    ) -> dict[str, torch.Tensor]:
+        cfg, device = self.cfg, self.device
+        # Flips are a function of (seed, step, micro-batch, rank): a resumed run flips alike.
+        g = torch.Generator().manual_seed(
+            (cfg.train.seed * 1_000_003 + self.iter * 131 + micro) * 7 + self.dist.rank
+        )
+        flips = torch.rand(len(images), generator=g) < cfg.train.hflip_prob
+        images, targets = list(images), [dict(t) for t in targets]
+        flip_batch(images, targets, flips, self.flip_map)
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        sync = n == micro + 1 or not self.dist.enabled
+        ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()  # type: ignore[operator]
+        with ctx:
+            with torch.autocast(
+                device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
+                losses = self.ddp_model(images, targets)
+            loss = sum(losses[k].float() for k in self.loss_keys) / n
+            if not torch.isfinite(loss):
+                values = {k: float(v) for k, v in losses.items()}
+                raise FloatingPointError(
+                    f"non-finite loss at step {self.iter}: {values}; lower solver.lr, enable "
+                    "solver.clip_grad_norm, or check the data of this batch "
+                    f"(image ids {[int(t['image_id']) for t in targets if 'image_id' in t]})"
+                )
+            self.scaler.scale(loss).backward()
+        return losses
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        state = rng_state()
+        if not self.dist.enabled:
+            return [state]
+        states: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+
+# ------------------------------------------------------------------------------------ hooks
+class PeriodicCheckpointer(HookBase):
+    """Write a checkpoint every ``period`` steps (0: only the final one)."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+
+    def after_step(self) -> None:
+        if self.period and self.trainer.iter % self.period == 0:
+            self.trainer.save()
+
+
+class PeriodicEvaluator(HookBase):
+    """Evaluate every ``period`` steps before the last (the trainer evaluates at the end)."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if self.period and t.iter % self.period == 0 and t.iter < t.cfg.solver.max_iter:
+            t.evaluate()
+
+
+class TrainingLogger(HookBase):
+    """Rank 0: a progress bar, ``metrics.jsonl`` + TensorBoard scalars every ``log_period``
+    steps (and at the first and last), evaluation records, and ``curves.png`` at the end."""
+
+    def __init__(self, *, log_period: int, tensorboard: bool, progress: bool) -> None:
+        self.log_period = log_period
+        self.tensorboard = tensorboard
+        self.progress = progress
+        self.writer: MetricsWriter | None = None
+        self.bar: tqdm | None = None
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if not t.dist.is_main:
+            return
+        self.writer = MetricsWriter(t.out, self.tensorboard)
+        self.bar = tqdm(
+            total=t.cfg.solver.max_iter, initial=t.iter, desc="train", unit="step",
+            disable=not self.progress, dynamic_ncols=True,
+        )  # fmt: skip
+        self._t_last, self._images_since = time.perf_counter(), 0
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if self.writer is None or self.bar is None:
+            return
+        self.bar.update(1)
+        self._images_since += t.cfg.solver.batch_size * t.cfg.solver.accumulate * t.dist.world_size
+        if t.iter % self.log_period == 0 or t.iter == 1 or t.iter == t.stop_at:
+            now = time.perf_counter()
+            ips = self._images_since / max(now - self._t_last, 1e-9)
+            self._t_last, self._images_since = now, 0
+            total = sum(t.last_losses[k] for k in t.loss_keys)
+            self.bar.set_postfix(loss=f"{total:.3f}", lr=f"{t.lr:.2e}", img_s=f"{ips:.1f}")
+            self.writer.write({"step": t.iter, "lr": t.lr, "loss": total, **t.last_losses,
+                               "images_per_s": ips})  # fmt: skip
+
+    def after_eval(self, metrics: dict[str, Any]) -> None:
+        if self.writer is not None and metrics:
+            self.writer.write(
+                {
+                    "step": self.trainer.iter,
+                    "eval": {k: v for k, v in metrics.items() if k != "step"},
+                }
+            )
+
+    def after_train(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                from training.curves import plot_curves
+
+                plot_curves(self.writer.path, self.trainer.out / "curves.png")
+
+
+def default_hooks(cfg: TrainConfig) -> list[HookBase]:
+    """Logging, periodic checkpoints and periodic evaluation as ``cfg.train`` says."""
+    return [
+        TrainingLogger(
+            log_period=cfg.train.log_period,
+            tensorboard=cfg.train.tensorboard,
+            progress=cfg.train.progress,
+        ),
+        PeriodicCheckpointer(cfg.train.checkpoint_period),
+        PeriodicEvaluator(cfg.train.eval_period),
+    ]
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = True,
+    max_steps_this_run: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a run in ``out_dir`` with the default hooks (``maskx train``).
+
+    Returns the trained model (unwrapped, on its device), the last evaluation and the step
+    reached.
+    """
+    return Trainer(cfg, out_dir, resume=resume).train(max_steps_this_run)
+
+
 class MetricsWriter:
     """JSON lines + TensorBoard scalars + a PNG of the curves (rank 0 only)."""
 
@@ -209,327 +596,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-# ------------------------------------------------------------------------------------ train
-@dataclass
-class TrainResult:
-    model: MaskXRCNN
-    metrics: dict[str, Any]
-    step: int
-
-
-def prepare_model_config(cfg: TrainConfig, num_classes: int) -> None:
-    """Fill the model config from the data (K) and resolve defaults so that the checkpoint
-    rebuilds the exact same modules without the backbone weights file."""
-    pretrained = cfg.model.backbone_weights is not None
-    cfg.model = cfg.model.replace(
-        num_classes=num_classes,
-        norm=cfg.model.norm or ("frozen_bn" if pretrained else "bn"),
-        trainable_backbone_layers=(
-            cfg.model.trainable_backbone_layers
-            if cfg.model.trainable_backbone_layers is not None
-            else (3 if pretrained else 5)
-        ),
-    )
-
-
-def train(
-    cfg: TrainConfig,
-    out_dir: str | os.PathLike,
-    *,
-    resume: bool = True,
-    max_steps_this_run: int | None = None,
-) -> TrainResult:
-    """Train (or resume) a run in ``out_dir``.
-
-    Args:
-        cfg: the training config.
-        out_dir: run folder.
-        resume: continue from ``out_dir/checkpoints/last.pt`` if it exists.
-        max_steps_this_run: stop after this many steps of this process (tests, time slicing);
-            a checkpoint is written at the stop.
-    Returns:
-        the trained model (unwrapped, on its device), the last evaluation and the step reached.
-    """
-    out = Path(out_dir)
-    device_type = (
-        "cuda" if cfg.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    )
-    dist_info = init_distributed(device_type)
-    device = resolve_device(cfg.train.device, dist_info)
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.train.seed + dist_info.rank)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-    train_set, val_set, vocab = build_datasets(cfg)
-    prepare_model_config(cfg, len(vocab))
-    flip_map = flip_map_for(cfg.data.path(cfg.data.flip_map), vocab, log)
-    model = build_model(cfg.model)
-    if cfg.train.min_size_train:
-        # torchvision picks a random short side from the tuple in training; eval uses the last.
-        model.transform.min_size = (*cfg.train.min_size_train, cfg.model.min_size)
-    if cfg.train.init_checkpoint:
-        init_from_checkpoint(model, cfg.train.init_checkpoint, cfg.train.init_parts, log)
-    loss_keys = set_trainable(model, cfg.train.scheme)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device_type, enabled=cfg.solver.amp == "fp16")
-
-    step = 0
-    last = out / "checkpoints" / "last.pt"
-    if resume and last.is_file():
-        ckpt = load_checkpoint(last)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        step = int(ckpt["step"])
-        rng = ckpt["rng"][dist_info.rank] if dist_info.rank < len(ckpt["rng"]) else ckpt["rng"][0]
-        set_rng_state(rng)
-        if dist_info.is_main:
-            log.info("resuming %s from step %d", out, step)
-
-    ddp_model: nn.Module = model
-    if dist_info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    loader = build_data_loader(
-        train_set,
-        cfg.solver.batch_size,
-        workers=cfg.data.workers,
-        shuffle=True,
-        distributed=dist_info.enabled,
-        seed=cfg.train.seed,
-        aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
-    )
-    batches_per_epoch = len(loader) // cfg.solver.accumulate
-    if batches_per_epoch == 0:
-        raise ValueError(
-            f"the training set ({len(train_set)} images) is smaller than one step's batch "
-            f"({cfg.solver.batch_size} × {cfg.solver.accumulate} × {dist_info.world_size})"
-        )
-
-    writer = MetricsWriter(out, cfg.train.tensorboard) if dist_info.is_main else None
-    if dist_info.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.solver.amp)
-    metrics: dict[str, Any] = {}
-    max_iter = cfg.solver.max_iter
-    stop_at = max_iter if max_steps_this_run is None else min(max_iter, step + max_steps_this_run)
-    bar = tqdm(
-        total=max_iter,
-        initial=step,
-        desc="train",
-        unit="step",
-        disable=not (dist_info.is_main and cfg.train.progress),
-        dynamic_ncols=True,
-    )
-    model.train()
-    _frozen_modules_to_eval(model, cfg.train.scheme)
-    t_last, images_since = time.perf_counter(), 0
-    try:
-        while step < stop_at:
-            epoch, in_epoch = divmod(step, batches_per_epoch)
-            batches = _epoch_batches(loader, epoch, in_epoch * cfg.solver.accumulate)
-            for _ in range(in_epoch, batches_per_epoch):
-                if step >= stop_at:
-                    break
-                lr = get_lr(
-                    step,
-                    cfg.solver.lr,
-                    steps=cfg.solver.steps,
-                    gamma=cfg.solver.gamma,
-                    warmup_iters=cfg.solver.warmup_iters,
-                    warmup_factor=cfg.solver.warmup_factor,
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_dict = _train_step(
-                    ddp_model, optimizer, scaler, batches, cfg, step, loss_keys, device,
-                    autocast_dtype, dist_info, flip_map,
-                )  # fmt: skip
-                step += 1
-                images_since += cfg.solver.batch_size * cfg.solver.accumulate * dist_info.world_size
-                bar.update(1)
-                if dist_info.is_main and (
-                    step % cfg.train.log_period == 0 or step == stop_at or step == 1
-                ):
-                    now = time.perf_counter()
-                    ips = images_since / max(now - t_last, 1e-9)
-                    t_last, images_since = now, 0
-                    total = sum(loss_dict[k] for k in loss_keys)
-                    bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-                    assert writer is not None
-                    writer.write({"step": step, "lr": lr, "loss": total, **loss_dict,
-                                  "images_per_s": ips})  # fmt: skip
-                if cfg.train.checkpoint_period and step % cfg.train.checkpoint_period == 0:
-                    _save(out, model, optimizer, scaler, cfg, vocab, step, dist_info, metrics)
-                if cfg.train.eval_period and step % cfg.train.eval_period == 0 and step < max_iter:
-                    metrics = _evaluate(model, val_set, vocab, cfg, device, dist_info, writer, step)
-                    model.train()
-                    _frozen_modules_to_eval(model, cfg.train.scheme)
-        if dist_info.enabled:
-            # DDP syncs buffers at the start of each forward; after the last one, BatchNorm
-            # statistics differ per rank. Make every rank hold what the checkpoint holds.
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        if step >= max_iter:
-            metrics = _evaluate(model, val_set, vocab, cfg, device, dist_info, writer, step)
-        _save(out, model, optimizer, scaler, cfg, vocab, step, dist_info, metrics,
-              final=step >= max_iter)  # fmt: skip
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                from training.curves import plot_curves
-
-                plot_curves(out / "metrics.jsonl", out / "curves.png")
-    return TrainResult(model=model, metrics=metrics, step=step)
-
-
-def _train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    batches: Iterator[Any],
-    cfg: TrainConfig,
-    step: int,
-    loss_keys: list[str],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    dist_info: DistInfo,
-    flip_map: FlipMap | None = None,
-) -> dict[str, float]:
-    """One optimisation step over ``accumulate`` micro-batches; returns the mean losses."""
-    optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    n = cfg.solver.accumulate
-    for micro in range(n):
-        images, targets = next(batches)
-        # Flips are a function of (seed, step, micro-batch, rank): a resumed run flips alike.
-        g = torch.Generator().manual_seed(
-            (cfg.train.seed * 1_000_003 + step * 131 + micro) * 7 + dist_info.rank
-        )
-        flips = torch.rand(len(images), generator=g) < cfg.train.hflip_prob
-        images, targets = list(images), [dict(t) for t in targets]
-        flip_batch(images, targets, flips, flip_map)
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        sync = n == micro + 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
-        ctx = contextlib.nullcontext() if sync else model.no_sync()
-        with ctx:
-            with torch.autocast(
-                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-            ):
-                losses = model(images, targets)
-            loss = sum(losses[k].float() for k in loss_keys) / n
-            if not torch.isfinite(loss):
-                values = {k: float(v) for k, v in losses.items()}
-                raise FloatingPointError(
-                    f"non-finite loss at step {step}: {values}; lower solver.lr, enable "
-                    "solver.clip_grad_norm, or check the data of this batch "
-                    f"(image ids {[int(t['image_id']) for t in targets if 'image_id' in t]})"
-                )
-            scaler.scale(loss).backward()
-        for k, v in losses.items():
-            totals[k] = totals.get(k, 0.0) + float(v.detach()) / n
-    if cfg.solver.clip_grad_norm:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], cfg.solver.clip_grad_norm
-        )
-    scaler.step(optimizer)
-    scaler.update()
-    return totals
-
-
-def _gather_rng(dist_info: DistInfo) -> list[dict[str, Any]]:
-    state = rng_state()
-    if not dist_info.enabled:
-        return [state]
-    states: list[Any] = [None] * dist_info.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
-def _save(
-    out: Path,
-    model: MaskXRCNN,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    cfg: TrainConfig,
-    vocab: Any,
-    step: int,
-    dist_info: DistInfo,
-    metrics: dict[str, Any],
-    final: bool = False,
-) -> None:
-    rngs = _gather_rng(dist_info)  # every rank takes part in the collective
-    if not dist_info.is_main:
-        return
-    ckpt = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": model.state_dict(),
-        "model_config": cfg.model.to_dict(),
-        "vocab": vocab.to_dict(),
-        "train_config": cfg.to_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "step": step,
-        "rng": rngs,
-        "metrics": metrics,
-    }
-    folder = out / "checkpoints"
-    save_atomic(ckpt, folder / f"step_{step:07d}.pt")
-    save_atomic(ckpt, folder / "last.pt")
-    if final:
-        save_atomic(ckpt, folder / "model_final.pt")
-    periodic = sorted(folder.glob("step_*.pt"))
-    for old in periodic[: max(len(periodic) - cfg.train.keep_checkpoints, 0)]:
-        old.unlink(missing_ok=True)
-
-
-def _evaluate(
-    model: MaskXRCNN,
-    val_set: Any,
-    vocab: Any,
-    cfg: TrainConfig,
-    device: torch.device,
-    dist_info: DistInfo,
-    writer: MetricsWriter | None,
-    step: int,
-) -> dict[str, Any]:
-    """pycocotools AP on A, B and all classes (rank 0; the others wait)."""
-    metrics: dict[str, Any] = {}
-    if val_set is not None and dist_info.is_main:
-        from training.evaluation import evaluate, write_metrics_json
-
-        loader = build_data_loader(
-            val_set, cfg.solver.batch_size, workers=cfg.data.workers, shuffle=False
-        )
-        coco_gt = val_set.coco
-        iou_types = ("bbox",) if cfg.train.scheme == "stage1" else ("bbox", "segm")
-        metrics = evaluate(
-            model, loader, coco_gt, vocab, device=str(device), progress=cfg.train.progress,
-            iou_types=iou_types,
-        )  # fmt: skip
-        metrics = {"step": step, **metrics}
-        write_metrics_json(metrics, Path(writer.out_dir if writer else ".") / "metrics.json")
-        if writer is not None:
-            writer.write({"step": step, "eval": {k: v for k, v in metrics.items() if k != "step"}})
-        log.info("step %d: %s", step, _summary(metrics))
-    if dist_info.enabled:
-        dist.barrier()
-    return metrics
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -145,51 +145,17 @@ def torchvision_twin(cfg: Any) -> Any:
     ``cfg`` (same backbone, RPN, RoI pools, box and mask heads), but torchvision's own class-
     specific predictors and ``RoIHeads``: plain Mask R-CNN, the train-step baseline."""
     from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-    from torchvision.ops import MultiScaleRoIAlign
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-    from model.backbones import build_backbone
+    from model import mask_rcnn_arguments
 
-    backbone = build_backbone(
-        cfg.backbone,
-        weights=cfg.backbone_weights,
-        trainable_layers=cfg.trainable_backbone_layers,
-        norm=cfg.norm,
-        fpn_channels=cfg.fpn_channels,
-        tiny_widths=cfg.tiny_widths,
-    )
-    c, k1, d = backbone.out_channels, cfg.num_classes + 1, cfg.mask_head_dim
-    levels = ["0", "1", "2", "3"]
+    k1, d = cfg.num_classes + 1, cfg.mask_head_dim
     return MaskRCNN(
-        backbone,
         num_classes=None,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        size_divisible=cfg.size_divisible,
-        image_mean=list(cfg.image_mean),
-        image_std=list(cfg.image_std),
-        rpn_anchor_generator=AnchorGenerator(
-            tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * 5
-        ),
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        rpn_nms_thresh=cfg.rpn_nms_thresh,
-        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
-        box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, k1),
-        box_score_thresh=cfg.box_score_thresh,
-        box_nms_thresh=cfg.box_nms_thresh,
-        box_detections_per_img=cfg.box_detections_per_img,
-        box_batch_size_per_image=cfg.box_batch_size_per_image,
-        box_positive_fraction=cfg.box_positive_fraction,
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(c, (d,) * cfg.mask_head_layers, 1),
         mask_predictor=MaskRCNNPredictor(d, d, k1),
+        **mask_rcnn_arguments(cfg),
     )
 
 

@@ -14,6 +14,10 @@ Two measurements:
 The server runs in its own process, as in production. Without ``--model`` a synthetic contract
 graph with a small convolution stack is built (service.testing), so the figures measure
 the serving overhead around a model of known cost; pass an exported model for real figures.
+
+``--baseline-src DIR`` starts a second server from another source tree (e.g. the previous commit,
+``git archive HEAD~1 | tar -x -C DIR``) with the same interpreter and flags, and times it in the
+same interleaved rounds: a before/after comparison on the same model in one run.
 """
 
 from __future__ import annotations
@@ -57,7 +61,15 @@ end
 """
 
 
+# The server settings this benchmark passes on to `maskx serve`, with its own defaults: the CPU
+# provider, and no spinning (three sessions share the cores here).
+SERVER_DEFAULTS = {"providers": "cpu", "ort_spinning": False, "max_batch_size": 4,
+                   "max_batch_delay_ms": 5.0}  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from service.flags import BENCH_FLAGS, add_setting_flags
+
     parser.add_argument("--model", type=Path, help="ONNX model (default: synthetic test graph)")
     parser.add_argument(
         "--conv-layers", type=int, default=6, help="cost of the synthetic graph (6)"
@@ -85,15 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score_threshold of every request (default: the server's, 0.5); 0 returns every "
         "detection the graph keeps, so paste + RLE + JSON are measured at their largest",
     )
-    parser.add_argument("--providers", default="cpu", help="MASKX_PROVIDERS for both sides")
     parser.add_argument(
-        "--ort-spinning",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="server's MASKX_ORT_SPINNING (off)",
+        "--baseline-src",
+        type=Path,
+        help="also serve from this source tree (same interpreter, PYTHONPATH=DIR) and time it "
+        "in the same rounds: before/after on one model in one run",
     )
-    parser.add_argument("--max-batch-size", type=int, default=4)
-    parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    add_setting_flags(parser, BENCH_FLAGS, defaults=SERVER_DEFAULTS)
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
 
 
@@ -114,10 +124,17 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def overhead_at_c1(
-    model: Path, providers: str, data: bytes, port: int, rounds: int, score: float | None
+    model: Path,
+    providers: str,
+    data: bytes,
+    port: int,
+    rounds: int,
+    score: float | None,
+    baseline_port: int | None = None,
 ) -> dict[str, float]:
-    """p50s of bare ONNX Runtime, the in-process pipeline and HTTP, interleaved per round;
-    ``score`` is the requests' ``score_threshold`` (None: the default)."""
+    """p50s of bare ONNX Runtime, the in-process pipeline and HTTP (and HTTP to the baseline
+    server on ``baseline_port``), interleaved per round; ``score`` is the requests'
+    ``score_threshold`` (None: the default)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -133,7 +150,6 @@ def overhead_at_c1(
     # Default session options: ONNX Runtime as anyone would call it.
     session = ort.InferenceSession(str(model), providers=provider_list)
     feeds = {"images": batch, "image_sizes": np.asarray(sizes)}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Content-Type": "image/jpeg"}
 
     def bare() -> None:
@@ -146,17 +162,22 @@ def overhead_at_c1(
     def in_process() -> None:
         pipeline.segment(data, params)
 
-    def over_http() -> None:
+    def over_http(conn: http.client.HTTPConnection, record: bool) -> None:
         conn.request("POST", "/segment?" + _query(score), body=data, headers=headers)
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"POST /segment answered {response.status}: {body[:200]!r}")
-        answer = json.loads(body)
-        detections.append(len(answer["detections"]))
-        server_inference.append(answer["timing_ms"]["inference"])
+        if record:
+            answer = json.loads(body)
+            detections.append(len(answer["detections"]))
+            server_inference.append(answer["timing_ms"]["inference"])
 
-    calls = {"ort": bare, "pipeline": in_process, "http": over_http}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    calls = {"ort": bare, "pipeline": in_process, "http": lambda: over_http(conn, True)}
+    if baseline_port is not None:
+        base = http.client.HTTPConnection("127.0.0.1", baseline_port, timeout=120)
+        calls["http_baseline"] = lambda: over_http(base, False)
     times: dict[str, list[float]] = {name: [] for name in calls}
     order = list(calls)
     rng = random.Random(0)
@@ -169,7 +190,17 @@ def overhead_at_c1(
             if round_index >= WARMUP_ROUNDS:
                 times[name].append((time.perf_counter() - t0) * 1000)
     conn.close()
-    return {
+    baseline: dict[str, float] = {}
+    if baseline_port is not None:
+        base.close()
+        baseline = {
+            "http_baseline_p50_ms": statistics.median(times["http_baseline"]),
+            "http_baseline_p99_ms": _percentile(times["http_baseline"], 0.99),
+            "per_round_ratio_baseline_p50": statistics.median(
+                h / o for h, o in zip(times["http_baseline"], times["ort"], strict=True)
+            ),
+        }
+    return baseline | {
         "rounds": rounds,
         "ort_p50_ms": statistics.median(times["ort"]),
         "ort_p99_ms": _percentile(times["ort"], 0.99),
@@ -255,18 +286,23 @@ async def _load_httpx(
     }
 
 
-def _start_server(model: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
+def _start_server(
+    model: Path, args: argparse.Namespace, src: Path | None = None
+) -> tuple[subprocess.Popen, int]:
+    """``maskx serve`` in its own process (from source tree ``src`` when given)."""
     import httpx
+
+    from service.flags import BENCH_FLAGS, setting_values, settings_to_argv
 
     port = _free_port()
     env = os.environ | {"MASKX_LOG_LEVEL": "warning"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src.resolve())
+    server_flags = settings_to_argv(setting_values(args, BENCH_FLAGS))
     cmd = [sys.executable, "-m", "maskx.cli", "serve", "--model", str(model), "--host",
-           "127.0.0.1", "--port", str(port), "--providers", args.providers,
-           "--max-batch-size", str(args.max_batch_size),
-           "--max-batch-delay-ms", str(args.max_batch_delay_ms),
-           "--queue-size", str(max(64, args.max_batch_size)),
-           "--ort-spinning" if args.ort_spinning else "--no-ort-spinning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env)
+           "127.0.0.1", "--port", str(port), "--queue-size", str(max(64, args.max_batch_size)),
+           *server_flags]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=src)
     url = f"http://127.0.0.1:{port}"
     until = time.monotonic() + 120
     while time.monotonic() < until:
@@ -302,12 +338,25 @@ def main(args: argparse.Namespace) -> int:
             metadata=None,
         )
         proc, port = _start_server(model, args)
+        baseline = None
+        if args.baseline_src is not None:
+            baseline = _start_server(model, args, args.baseline_src)
         url = f"http://127.0.0.1:{port}"
         query = _query(args.score_threshold)
         try:
             c1 = overhead_at_c1(
-                model, args.providers, data, port, args.rounds, args.score_threshold
+                model,
+                args.providers,
+                data,
+                port,
+                args.rounds,
+                args.score_threshold,
+                baseline_port=None if baseline is None else baseline[1],
             )
+            if baseline is not None:  # the load levels measure this tree only
+                baseline[0].terminate()
+                baseline[0].wait(30)
+                baseline = None
             rows = []
             for c in levels:
                 if client == "wrk":
@@ -317,6 +366,9 @@ def main(args: argparse.Namespace) -> int:
         finally:
             proc.terminate()
             proc.wait(30)
+            if baseline is not None:
+                baseline[0].terminate()
+                baseline[0].wait(30)
     ratio = c1["http_p50_ms"] / c1["ort_p50_ms"]
     result: dict[str, Any] = {
         "image": [args.height, args.width],
@@ -326,6 +378,7 @@ def main(args: argparse.Namespace) -> int:
         "max_batch_size": args.max_batch_size,
         "max_batch_delay_ms": args.max_batch_delay_ms,
         "server_ort_spinning": args.ort_spinning,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
         "client": client,
         "c1": c1,
         "http": rows,
@@ -349,6 +402,14 @@ def main(args: argparse.Namespace) -> int:
         f"HTTP p50 / bare ONNX Runtime p50 at concurrency 1: {ratio:.3f} (goal <= 1.15); "
         f"median of per-round ratios {c1['per_round_ratio_p50']:.3f}"
     )
+    if "http_baseline_p50_ms" in c1:
+        base_ratio = c1["http_baseline_p50_ms"] / c1["ort_p50_ms"]
+        result["baseline_http_p50_over_ort_p50_at_c1"] = base_ratio
+        print(
+            f"baseline ({args.baseline_src}), same rounds: HTTP p50 {c1['http_baseline_p50_ms']:.2f}"
+            f" ms, / bare ONNX Runtime p50 {base_ratio:.3f}; median of per-round ratios "
+            f"{c1['per_round_ratio_baseline_p50']:.3f}  |  this tree {ratio:.3f}"
+        )
     print(
         f"same request, HTTP / the server's own runtime call: p50 "
         f"{c1['same_request_ratio_p50']:.3f}, overhead p50 {c1['same_request_overhead_p50_ms']:.2f} ms "

@@ -1,7 +1,7 @@
 """``maskx bench train``: training images/s of a config on this machine.
 
 Builds the model, optimiser and data loader the way :func:`training.trainer.train` does and
-times the engine's own optimisation step (data loading included, as in a real run) for
+times the trainer's own optimisation step (data loading included, as in a real run) for
 ``--steps`` steps after ``--warmup`` untimed ones. Without ``--data-root`` the benchmark writes a
 small synthetic dataset (``maskx synth``) into a temporary folder first.
 
@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,12 @@ DEFAULT_CONFIG = "configs/tiny_synth.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.config import add_override_argument  # `maskx bench --help` imports no torch
+
     parser.add_argument(
         "--config", default=DEFAULT_CONFIG, help=f"training config YAML ({DEFAULT_CONFIG})"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config value, e.g. --set solver.batch_size=4",
-    )
+    add_override_argument(parser)
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -95,72 +89,34 @@ def measure_training(cfg: Any, *, steps: int, warmup: int) -> dict[str, Any]:
     Returns ``{"step_s": [seconds of each timed step], "images_per_step", "device",
     "num_classes", "last_losses"}``.
     """
-    import torch
+    # The benchmark times exactly what ``maskx train`` runs: the trainer's own step, with no
+    # hooks (no checkpoints, evaluation or logging inside the timed region).
+    from training.trainer import Trainer
 
-    # The private helpers are the engine's real step and epoch iteration: the benchmark must
-    # time exactly what ``maskx train`` runs.
-    from model import build_model
-    from training import trainer as engine
-    from training.datasets import build_data_loader
-    from training.datasets.build import build_datasets
-    from training.schedule import get_lr
-
-    dist_info = engine.DistInfo()
-    device = engine.resolve_device(cfg.train.device, dist_info)
-    torch.manual_seed(cfg.train.seed)
-    train_set, _, vocab = build_datasets(cfg)
-    engine.prepare_model_config(cfg, len(vocab))
-    model = build_model(cfg.model)
-    loss_keys = engine.set_trainable(model, cfg.train.scheme)
-    model.to(device)
-    optimizer = engine.build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.solver.amp == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.solver.amp)
     per_step = cfg.solver.batch_size * cfg.solver.accumulate
-    if len(train_set) < per_step:
-        raise ValueError(
-            f"the training set ({len(train_set)} images) is smaller than one step's batch "
-            f"({cfg.solver.batch_size} x {cfg.solver.accumulate}); add images "
-            "(--synth-images) or lower solver.batch_size"
-        )
-    loader = build_data_loader(
-        train_set,
-        cfg.solver.batch_size,
-        workers=cfg.data.workers,
-        shuffle=True,
-        seed=cfg.train.seed,
-        aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
-    )
-
-    def batches_forever() -> Iterator[Any]:
-        epoch = 0
-        while True:
-            yield from engine._epoch_batches(loader, epoch, 0)
-            epoch += 1
-
-    batches = batches_forever()
-    model.train()
-    engine._frozen_modules_to_eval(model, cfg.train.scheme)
-    times: list[float] = []
-    losses: dict[str, float] = {}
-    for step in range(warmup + steps):
-        lr = get_lr(
-            step, cfg.solver.lr, steps=cfg.solver.steps, gamma=cfg.solver.gamma,
-            warmup_iters=cfg.solver.warmup_iters, warmup_factor=cfg.solver.warmup_factor,
-        )  # fmt: skip
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        # The step returns Python floats of the losses, which waits for an asynchronous device.
-        losses = engine._train_step(
-            model, optimizer, scaler, batches, cfg, step, loss_keys, device, autocast_dtype,
-            dist_info,
-        )  # fmt: skip
-        if step >= warmup:
-            times.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory(prefix="maskx-bench-train-") as out:
+        try:
+            trainer = Trainer(cfg, out, resume=False, hooks=[])
+        except ValueError as exc:
+            if "batch" not in str(exc):  # too few images for one step's batch
+                raise
+            raise ValueError(
+                f"{exc}; add images (--synth-images) or lower solver.batch_size"
+            ) from None
+        times: list[float] = []
+        losses: dict[str, float] = {}
+        for step in range(warmup + steps):
+            t0 = time.perf_counter()
+            # The step returns Python floats of the losses, which waits for an asynchronous
+            # device.
+            losses = trainer.step()
+            if step >= warmup:
+                times.append(time.perf_counter() - t0)
+    cfg = trainer.cfg
+    device = trainer.device
     return {
         "step_s": times,
-        "images_per_step": cfg.solver.batch_size * cfg.solver.accumulate,
+        "images_per_step": per_step,
         "device": str(device),
         "num_classes": cfg.model.num_classes,
         "last_losses": losses,

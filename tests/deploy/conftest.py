@@ -1,8 +1,9 @@
 """Shared helpers for the deployment checks: paths, external tools, and one real worker.
 
-The deployment files are checked statically (no Docker engine runs here). The external linters
-and validators are required, not optional: a missing tool fails with the command that installs
-it, so CI cannot turn green by skipping them.
+The static checks of the deployment files live beside the tests that build and run the images on
+a real engine (those use docker_helpers.py). The external linters and validators are required,
+not optional: a missing tool fails with the command that installs it, so CI cannot turn green by
+skipping them.
 """
 
 from __future__ import annotations

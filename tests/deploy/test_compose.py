@@ -1,14 +1,12 @@
-"""docker-compose.yml and its CPU override, validated without a Docker engine.
+"""docker-compose.yml, its GPU override and the local stand-ins, validated without starting them.
 
-Debian's ``docker-compose`` (1.29) validates a file against the Compose specification schema and
-interpolates variables offline. It predates the ``!reset`` tag that the CPU override needs, so the
-override is merged here by the Compose specification's merge rules (mappings merge, sequences
-append, ``!reset`` removes) and the merged model is validated by the same tool.
+Debian's ``docker-compose`` (1.29) validates the files against the Compose specification schema,
+merges them and interpolates variables offline; its merge is the real one, so the GPU override
+must only add (1.29 knows no ``!reset``). The stack itself runs in test_compose_stack.py.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -20,48 +18,13 @@ from service.settings import Settings
 from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
 
 BASE = ROOT / "docker-compose.yml"
-CPU = ROOT / "docker-compose.cpu.yml"
-
-
-class _Reset:
-    """The ``!reset`` tag: drop the value inherited from the files before."""
-
-
-RESET = _Reset()
-
-
-class _ComposeLoader(yaml.SafeLoader):
-    pass
-
-
-_ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
-
-# Compose replaces these instead of appending (merge rules, "Exceptions").
-REPLACED_SEQUENCES = {"command", "entrypoint", "test"}
-
-
-def merge(base: Any, override: Any, key: str = "") -> Any:
-    """Merge two Compose models by the Compose specification's rules."""
-    if override is RESET:
-        return RESET
-    if isinstance(base, dict) and isinstance(override, dict):
-        out = dict(base)
-        for k, v in override.items():
-            out[k] = merge(base[k], v, k) if k in base else v
-        return {k: v for k, v in out.items() if v is not RESET}
-    if isinstance(base, list) and isinstance(override, list) and key not in REPLACED_SEQUENCES:
-        return base + override
-    return copy.deepcopy(override)
-
-
-def test_merge_rules() -> None:
-    base = {"a": {"x": [1], "command": ["a"], "keep": 1, "gone": {"y": 2}}}
-    over = {"a": {"x": [2], "command": ["b"], "gone": RESET}}
-    assert merge(base, over) == {"a": {"x": [1, 2], "command": ["b"], "keep": 1}}
+GPU = ROOT / "docker-compose.gpu.yml"
+LOCAL = DEPLOY / "docker-compose.local.yml"
+MONITORING = ("prometheus", "grafana")
 
 
 def compose_config(*files: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``docker-compose -f ... config`` (schema validation + interpolation) as a dict.
+    """``docker-compose -f ... config`` (schema validation, merge, interpolation) as a dict.
 
     ``env`` replaces the environment, so the documented defaults are what gets interpolated."""
     tool = require_tool("docker-compose")
@@ -74,41 +37,149 @@ def compose_config(*files: Path, env: dict[str, str] | None = None) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def gpu_model() -> dict[str, Any]:
+def cpu_model() -> dict[str, Any]:
     return compose_config(BASE)
 
 
 @pytest.fixture(scope="module")
-def cpu_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    merged = merge(
-        yaml.load(BASE.read_text(), Loader=_ComposeLoader),
-        yaml.load(CPU.read_text(), Loader=_ComposeLoader),
-    )
-    # compose_config passes --project-directory, so relative paths resolve as in the real files.
-    path = tmp_path_factory.mktemp("compose") / "docker-compose.merged.yml"
-    path.write_text(yaml.safe_dump(merged, sort_keys=False))
-    return compose_config(path)
+def gpu_model() -> dict[str, Any]:
+    return compose_config(BASE, GPU)
 
 
 def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
     return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
-def test_gpu_stack(gpu_model: dict[str, Any]) -> None:
-    services = gpu_model["services"]
-    assert set(services) == {"segmenter", "prometheus", "grafana", "trainer"}
+def published(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of each published port, either syntax."""
+    out = []
+    for p in service.get("ports", []):
+        if isinstance(p, str):
+            *host, target = p.split("/")[0].split(":")
+            ip = host[0] if len(host) == 2 else "0.0.0.0"
+            out.append((ip, int(host[-1]), int(target)))
+        else:
+            out.append((p.get("host_ip", "0.0.0.0"), int(p["published"]), int(p["target"])))
+    return out
+
+
+def test_default_stack_is_the_cpu_worker_fed_by_the_model_builder(
+    cpu_model: dict[str, Any],
+) -> None:
+    services = cpu_model["services"]
+    assert set(services) == {
+        "segmenter", "model-builder", "prometheus", "grafana-password", "grafana", "trainer"
+    }  # fmt: skip
     seg = services["segmenter"]
-    assert seg["build"]["target"] == "serve-gpu"
-    assert gpu_devices(seg) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    limits = seg["deploy"]["resources"]["limits"]
-    assert float(limits["cpus"]) > 0 and limits["memory"]
+    assert seg["build"]["target"] == "serve-cpu"
+    assert seg["environment"]["MASKX_PROVIDERS"] == "cpu"
+    assert not any(gpu_devices(s) for s in services.values()), "no GPU on the default stack"
+    # No CPU limit unless asked for: a limit above the host's CPU count refuses to start.
+    assert float(seg["deploy"]["resources"]["limits"]["cpus"]) == 0
     assert seg["restart"] == "unless-stopped"
-    assert "/healthz" in " ".join(seg["healthcheck"]["test"])
-    assert any(v.endswith(":/models:ro") for v in volume_strings(seg)), seg["volumes"]
-    assert [(p["published"], p["target"]) for p in seg["ports"]] == [(8000, Settings().port)]
-    for name in ("prometheus", "grafana"):
+    probe = " ".join(seg["healthcheck"]["test"])
+    assert "/readyz" in probe and "/healthz" not in probe, "healthy must mean ready"
+    assert published(seg) == [("0.0.0.0", 8000, Settings().port)]
+    # The worker waits for the one-shot builder, which writes into the volume the worker reads.
+    assert seg["depends_on"]["model-builder"]["condition"] == "service_completed_successfully"
+    builder = services["model-builder"]
+    assert builder["build"]["target"] == "trainer"
+    assert builder["entrypoint"] == ["build-demo-model"]
+    assert builder["restart"] == "no"
+    assert volume_strings(seg) == ["maskx-models:/models:ro"]
+    assert volume_strings(builder) == ["maskx-models:/models:rw"]
+    assert "maskx-models" in cpu_model["volumes"]
+    for name in MONITORING:
         assert services[name]["restart"] == "unless-stopped"
         assert services[name]["healthcheck"]["test"]
+
+
+def test_a_model_of_the_users_replaces_the_volume_for_both() -> None:
+    services = compose_config(BASE, env={"MASKX_MODEL_DIR": "/srv/models"})["services"]
+    assert volume_strings(services["segmenter"]) == ["/srv/models:/models:ro"]
+    assert volume_strings(services["model-builder"]) == ["/srv/models:/models:rw"]
+
+
+def test_builder_script_skips_an_existing_model_and_builds_a_missing_one(tmp_path: Path) -> None:
+    """deploy/build-demo-model.sh with a stub `maskx` on PATH: the decision and the commands."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    stub = bin_dir / "maskx"
+    stub.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        'if [ "$1" = export ]; then while [ "$1" != --output ]; do shift; done; : > "$2"; fi\n'
+    )
+    stub.chmod(0o755)
+    models = tmp_path / "models"
+    models.mkdir()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MASKX_MODELS_DIR": str(models)}
+    script = str(DEPLOY / "build-demo-model.sh")
+    first = subprocess.run(["sh", script], env=env, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    assert (models / "model.onnx").exists()
+    lines = calls.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["synth", "train", "export"], lines
+    assert "--max-iter 600" in lines[1] and "tiny_synth.yaml" in lines[1]
+    second = subprocess.run(["sh", script], env=env, capture_output=True, text=True, check=False)
+    assert second.returncode == 0 and "nothing to build" in second.stdout
+    assert len(calls.read_text().splitlines()) == 3, "an existing model must not be rebuilt"
+
+
+def test_gpu_override_adds_the_gpu_and_keeps_the_rest(
+    gpu_model: dict[str, Any], cpu_model: dict[str, Any]
+) -> None:
+    seg = gpu_model["services"]["segmenter"]
+    assert seg["build"]["target"] == "serve-gpu"
+    assert seg["environment"]["MASKX_PROVIDERS"] == "cuda,cpu"
+    assert gpu_devices(seg) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu_devices(gpu_model["services"]["trainer"])
+    assert gpu_model["services"]["trainer"]["profiles"] == ["trainer"]
+    cpu_seg = cpu_model["services"]["segmenter"]
+    assert {k: v for k, v in seg["environment"].items() if k != "MASKX_PROVIDERS"} == {
+        k: v for k, v in cpu_seg["environment"].items() if k != "MASKX_PROVIDERS"
+    }
+    assert seg["image"] != cpu_seg["image"], "CPU and GPU images need distinct tags"
+    assert seg["build"]["args"]["GPU_LOCK"] == "gpu-cuda13.txt"
+
+
+def test_monitoring_binds_to_loopback_and_has_no_default_password(
+    cpu_model: dict[str, Any],
+) -> None:
+    services = cpu_model["services"]
+    for name in MONITORING:
+        for ip, _, _ in published(services[name]):
+            assert ip == "127.0.0.1", f"{name} is published on {ip}"
+    # Opting in publishes them on the address asked for.
+    opened = compose_config(BASE, env={"MONITORING_BIND": "0.0.0.0"})["services"]
+    assert {ip for n in MONITORING for ip, _, _ in published(opened[n])} == {"0.0.0.0"}
+    # Anyone who reaches Prometheus could stop it through the lifecycle API.
+    assert not any("lifecycle" in a for a in services["prometheus"]["command"])
+    # No password in any service's environment unless the user sets one.
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key and not key.endswith("__FILE"):
+                assert not value, f"{name}: {key} defaults to {value!r}"
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/grafana-secret/admin-password"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana
+    assert services["grafana"]["depends_on"]["grafana-password"]["condition"] == (
+        "service_completed_successfully"
+    )
+    # The user's password reaches the one-shot that stores it.
+    chosen = compose_config(BASE, env={"GRAFANA_ADMIN_PASSWORD": "s3cret"})["services"]
+    assert chosen["grafana-password"]["environment"]["GRAFANA_ADMIN_PASSWORD"] == "s3cret"
+
+
+def test_local_override_builds_prometheus_and_leaves_grafana_out() -> None:
+    services = compose_config(BASE, LOCAL)["services"]
+    prom = services["prometheus"]
+    assert Path(prom["build"]["context"]) == DEPLOY / "prometheus-local"
+    assert prom["command"] == compose_config(BASE)["services"]["prometheus"]["command"]
+    for name in ("grafana", "grafana-password"):
+        assert services[name]["profiles"] == ["grafana"]
 
 
 def volume_strings(service: dict[str, Any]) -> list[str]:
@@ -122,17 +193,10 @@ def volume_strings(service: dict[str, Any]) -> list[str]:
     return out
 
 
-def test_trainer_is_a_profile(gpu_model: dict[str, Any]) -> None:
-    trainer = gpu_model["services"]["trainer"]
-    assert trainer["profiles"] == ["trainer"]
-    assert trainer["build"]["target"] == "trainer"
-    assert gpu_devices(trainer), "the trainer reserves a GPU in the GPU stack"
-
-
-def test_worker_environment_matches_settings(gpu_model: dict[str, Any]) -> None:
+def test_worker_environment_matches_settings(cpu_model: dict[str, Any]) -> None:
     """Every MASKX_* variable is a Settings field, all fields are set, and with nothing in the
     environment the values are the documented defaults (except where the container differs)."""
-    env = gpu_model["services"]["segmenter"]["environment"]
+    env = cpu_model["services"]["segmenter"]["environment"]
     fields = set(Settings.model_fields)
     names = {k.removeprefix("MASKX_").lower() for k in env if k.startswith("MASKX_")}
     assert not names - fields, f"unknown settings in docker-compose.yml: {sorted(names - fields)}"
@@ -142,42 +206,17 @@ def test_worker_environment_matches_settings(gpu_model: dict[str, Any]) -> None:
     differs = {
         f
         for f in fields
-        if getattr(from_compose, f) != getattr(defaults, f) and f not in {"model_path"}
+        if getattr(from_compose, f) != getattr(defaults, f) and f not in {"model_path", "providers"}
     }
     assert not differs, f"compose defaults differ from Settings defaults for {sorted(differs)}"
     assert str(from_compose.model_path) == "/models/model.onnx"
+    # The container names its provider: the CPU image has no other (the GPU override: cuda,cpu).
+    assert from_compose.providers == "cpu"
 
 
-def test_environment_overrides_reach_the_worker() -> None:
-    model = compose_config(
-        BASE, env={"MASKX_MAX_BATCH_SIZE": "8", "MASKX_MODEL_DIR": "/srv/models"}
-    )
-    seg = model["services"]["segmenter"]
-    assert seg["environment"]["MASKX_MAX_BATCH_SIZE"] == "8"
-    assert any(v.startswith("/srv/models:/models") for v in volume_strings(seg)), seg["volumes"]
-
-
-def test_cpu_variant(cpu_model: dict[str, Any], gpu_model: dict[str, Any]) -> None:
-    seg = cpu_model["services"]["segmenter"]
-    assert seg["build"]["target"] == "serve-cpu"
-    assert seg["environment"]["MASKX_PROVIDERS"] == "cpu"
-    assert not gpu_devices(seg), "the CPU variant must not reserve a GPU"
-    assert not gpu_devices(cpu_model["services"]["trainer"])
-    # Everything else is inherited from the GPU stack.
-    gpu_env = gpu_model["services"]["segmenter"]["environment"]
-    assert {k: v for k, v in seg["environment"].items() if k != "MASKX_PROVIDERS"} == {
-        k: v for k, v in gpu_env.items() if k != "MASKX_PROVIDERS"
-    }
-    assert (
-        seg["deploy"]["resources"]["limits"]
-        == gpu_model["services"]["segmenter"]["deploy"]["resources"]["limits"]
-    )
-    assert seg["image"].endswith("-cpu"), "CPU and GPU images need distinct tags"
-
-
-def test_mounted_files_exist_and_prometheus_scrapes_the_worker(gpu_model: dict[str, Any]) -> None:
+def test_mounted_files_exist_and_prometheus_scrapes_the_worker(cpu_model: dict[str, Any]) -> None:
     for name in ("prometheus", "grafana"):
-        for vol in volume_strings(gpu_model["services"][name]):
+        for vol in volume_strings(cpu_model["services"][name]):
             source = vol.split(":")[0]
             if source.startswith("/"):
                 assert Path(source).exists(), f"{name} mounts {source}, which does not exist"

@@ -1,8 +1,9 @@
 """The Dockerfile, checked statically: hadolint, and what each target installs and runs.
 
-The serving images must install exactly the ``serve`` / ``gpu`` extras of pyproject.toml (no
-torch), on a CUDA base that matches the onnxruntime-gpu build they get, as a non-root user, with
-the dependency layer before the source layer.
+The serving images must install exactly the locks of the ``serve`` / ``gpu`` extras of
+pyproject.toml (no torch), on a CUDA base that matches the onnxruntime-gpu build they get, as a
+non-root user, with the dependency layer before the source layer. The images are built and run
+for real in test_image_*.py and test_compose_stack.py.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from packaging.version import Version
 from maskx.cli import COMMANDS
 from service.settings import Settings
 from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
+from tests.deploy.docker_helpers import load_locks
+
+LOCKS, extra_requirements = load_locks().LOCKS, load_locks().extra_requirements
 
 DOCKERFILE = ROOT / "Dockerfile"
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+PYPROJECT_FILE = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PYPROJECT = PYPROJECT_FILE["project"]
 TORCH = {"torch", "torchvision"}
 
 
@@ -91,41 +96,54 @@ def test_hadolint_is_clean() -> None:
     run_tool([hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)])
 
 
-def test_parser_reads_the_stages() -> None:
+def test_parser_reads_the_stages_in_an_order_the_legacy_builder_can_target() -> None:
     assert {"serve-gpu", "serve-cpu", "trainer", "serve-gpu-build", "serve-cpu-build"} <= set(
         STAGES
     )
-    assert list(STAGES)[-1] == "serve-gpu", "`docker build .` must give the GPU worker"
+    order = list(STAGES)
+    assert order[-1] == "serve-gpu", "`docker build .` must give the GPU worker"
+    # Without BuildKit every stage before the target is built: the CPU targets come first.
+    for cpu_target in ("serve-cpu", "trainer"):
+        assert order.index(cpu_target) < order.index("gpu-base"), order
 
 
-# stage that installs -> (extra, final stage that ships its /opt/venv)
-SERVING = {"serve-gpu-build": ("gpu", "serve-gpu"), "serve-cpu-build": ("serve", "serve-cpu")}
+# stage that installs -> its lock (deploy/requirements/NAME)
+INSTALLS = {
+    "serve-cpu-build": "serve.txt",
+    "trainer": "train.txt",
+    "serve-gpu-build": "${GPU_LOCK}",
+}
 
 
-@pytest.mark.parametrize(
-    ("stage_name", "extra"),
-    [("serve-gpu-build", "gpu"), ("serve-cpu-build", "serve"), ("trainer", "train")],
-)
-def test_each_target_installs_its_extra_only(stage_name: str, extra: str) -> None:
+@pytest.mark.parametrize(("stage_name", "lock"), sorted(INSTALLS.items()))
+def test_each_target_installs_its_lock_only(stage_name: str, lock: str) -> None:
     stage = STAGES[stage_name]
     runs = " && ".join(stage.all("RUN"))
-    # The dependency layer reads exactly this extra from pyproject.toml ...
-    assert re.search(rf"extras_requirements\.py {extra} >", runs), runs
-    # ... and the package is installed with exactly this extra.
-    installs = re.findall(r'pip install [^&]*?"?\.\[([\w,]+)\]"?', runs)
-    assert installs == [extra], f"stage {stage_name} installs extras {installs}, want [{extra!r}]"
-    for other in set(PYPROJECT["optional-dependencies"]) - {extra}:
-        assert f"extras_requirements.py {other}" not in runs and f".[{other}]" not in runs
+    locked = re.findall(r'pip-install-locked -r "?([^\s"&]+)"?', runs)
+    assert locked == ["build.txt", lock], f"stage {stage_name} installs {locked}"
+    # The project itself, with no resolution of its own: the lock is the whole environment.
+    assert re.search(r"pip install --no-deps --no-build-isolation \.(\s|$)", runs), runs
+    assert "pip check" in runs
+    plain = [r for r in re.findall(r"pip install [^&]*", runs) if "--no-deps" not in r]
+    assert not plain, f"stage {stage_name} installs without the lock: {plain}"
+
+
+def test_every_lock_is_copied_and_the_installer_requires_hashes() -> None:
+    copied = " ".join(a for st in STAGES.values() for a in st.all("COPY"))
+    for lock in LOCKS:
+        assert f"deploy/requirements/{lock.name}.txt" in copied, f"no image uses {lock.name}"
+    script = (DEPLOY / "pip-install-locked.sh").read_text()
+    assert "--no-deps --require-hashes" in script
 
 
 def test_dependency_layer_comes_before_the_source() -> None:
     for name in ("serve-gpu-build", "serve-cpu-build", "trainer"):
         stage = STAGES[name]
-        deps = stage.index("RUN", "-r requirements.txt")
+        deps = stage.index("RUN", "pip-install-locked")
         source = stage.index("COPY", "maskx")
         assert deps < source, f"stage {name}: source copied before the dependencies are installed"
         copied_before = " ".join(a for i, a in stage.instructions[:deps] if i == "COPY")
-        assert "pyproject.toml" in copied_before
+        assert "deploy/requirements/" in copied_before
         assert "maskx" not in copied_before.replace("maskx/", ""), copied_before
 
 
@@ -138,13 +156,28 @@ def requirement_names(reqs: list[str], extra: str = "") -> set[str]:
 
 
 def test_gpu_extra_is_the_serve_extra_with_onnxruntime_gpu() -> None:
+    """Both extras build on `serve-base` (listed once) and add one ONNX Runtime build each: the
+    two install the same `onnxruntime` module, so the GPU environment must not get the CPU one."""
     extras = PYPROJECT["optional-dependencies"]
-    serve = {str(Requirement(r)) for r in extras["serve"]}
-    gpu = {str(Requirement(r)).replace("onnxruntime-gpu", "onnxruntime") for r in extras["gpu"]}
-    assert serve == gpu
+    assert "maskx[serve-base]" in extras["serve"] and "maskx[serve-base]" in extras["gpu"]
+    serve = set(extra_requirements(PYPROJECT_FILE, ("serve",)))
+    gpu = set(extra_requirements(PYPROJECT_FILE, ("gpu",)))
+    assert serve - gpu == {"onnxruntime>=1.18"} and gpu - serve == {"onnxruntime-gpu>=1.18"}
     for name in ("serve", "gpu"):
-        found = requirement_names(PYPROJECT["dependencies"] + extras[name]) & TORCH
+        found = requirement_names(sorted(set(extra_requirements(PYPROJECT_FILE, (name,))))) & TORCH
         assert not found, f"pyproject.toml: extra {name!r} lists {sorted(found)}"
+
+
+@pytest.mark.parametrize("lock", ["gpu-cuda13", "gpu-cuda12"])
+def test_gpu_locks_hold_onnxruntime_gpu_and_not_the_cpu_build(lock: str) -> None:
+    text = (DEPLOY / "requirements" / f"{lock}.txt").read_text()
+    assert re.search(r"^onnxruntime-gpu==", text, flags=re.M), lock
+    assert not re.search(r"^onnxruntime==", text, flags=re.M), f"{lock} also installs onnxruntime"
+    serve = (DEPLOY / "requirements" / "serve.txt").read_text()
+    assert re.search(r"^onnxruntime==", serve, flags=re.M)
+    assert not re.search(r"^onnxruntime-gpu==", serve, flags=re.M)
+    for t in TORCH:
+        assert not re.search(rf"^{t}==", text + serve, flags=re.M), f"a serving lock has {t}"
 
 
 def _closure(roots: set[str]) -> tuple[set[str], set[str]]:
@@ -177,9 +210,8 @@ def _closure(roots: set[str]) -> tuple[set[str], set[str]]:
 def test_serving_dependencies_never_pull_torch() -> None:
     """Walk the installed dependency tree of the serve extra (onnxruntime stands in for
     onnxruntime-gpu, whose requirements are the same less the CUDA wheels): no torch."""
-    extras = PYPROJECT["optional-dependencies"]
     roots = set()
-    for raw in PYPROJECT["dependencies"] + extras["serve"]:
+    for raw in extra_requirements(PYPROJECT_FILE, ("serve",)):
         req = Requirement(raw)
         roots.add(canonicalize_name(req.name))
     reached, missing = _closure(roots)
@@ -218,18 +250,18 @@ def test_gpu_base_matches_the_onnxruntime_gpu_build() -> None:
     image = ARGS["CUDA_IMAGE"]
     m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu(\d+\.\d+)", image)
     assert m, f"CUDA_IMAGE={image}: want an nvidia/cuda X.Y.Z-cudnn-runtime-ubuntuNN.NN image"
-    constraints = ARGS["GPU_CONSTRAINTS"]
-    assert constraints == f"constraints-cuda{m.group(1)}.txt", (
-        f"CUDA_IMAGE is CUDA {m.group(1)} but GPU_CONSTRAINTS={constraints}"
+    gpu_lock = ARGS["GPU_LOCK"]
+    assert gpu_lock == f"gpu-cuda{m.group(1)}.txt", (
+        f"CUDA_IMAGE is CUDA {m.group(1)} but GPU_LOCK={gpu_lock}"
     )
+    # Each GPU lock is compiled under the constraints of its CUDA major.
+    for lock in LOCKS:
+        if lock.name.startswith("gpu-cuda"):
+            assert lock.constraints == f"deploy/constraints-{lock.name.removeprefix('gpu-')}.txt"
     assert STAGES["gpu-base"].base == "${CUDA_IMAGE}"
-    gpu_runs = " ".join(STAGES["serve-gpu-build"].all("RUN"))
-    assert gpu_runs.count('-c "${GPU_CONSTRAINTS}"') == 2, "both GPU installs must be constrained"
-    # The documented CUDA 12 alternative names a CUDA 12 image with the CUDA 12 constraints.
+    # The documented CUDA 12 alternative names a CUDA 12 image with the CUDA 12 lock.
     text = DOCKERFILE.read_text()
-    alt = re.search(
-        r"CUDA_IMAGE=nvidia/cuda:(\d+)\.\S+ GPU_CONSTRAINTS=constraints-cuda(\d+)", text
-    )
+    alt = re.search(r"CUDA_IMAGE=nvidia/cuda:(\d+)\.\S+ GPU_LOCK=gpu-cuda(\d+)", text)
     assert alt and alt.group(1) == alt.group(2) == "12", "Dockerfile: CUDA 12 build hint"
 
 
@@ -251,7 +283,7 @@ def test_serving_target(name: str, build: str) -> None:
     settings = Settings()
     assert stage.all("EXPOSE") == [str(settings.port)]
     health = stage.all("HEALTHCHECK")
-    assert len(health) == 1 and "/healthz" in health[0] and "MASKX_PORT" in health[0]
+    assert len(health) == 1 and "/readyz" in health[0] and "MASKX_PORT" in health[0]
     # JSON-form ENTRYPOINT: signals reach the worker, which drains on SIGTERM.
     entry = json.loads(stage.all("ENTRYPOINT")[-1])
     assert entry == ["maskx", "serve"] and "serve" in COMMANDS
@@ -302,7 +334,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
             copied.update(
                 expand(a).rstrip("/") for a in args.split()[:-1] if not a.startswith("--")
             )
-    assert {"pyproject.toml", "maskx", "deploy/extras_requirements.py"} <= copied
+    assert {"pyproject.toml", "maskx", "deploy/requirements/serve.txt"} <= copied
     # A missing source fails `docker build` at that COPY.
     absent = sorted(p for p in copied if not (ROOT / p).exists())
     assert not absent, f"the Dockerfile copies files that are not in the repository: {absent}"
@@ -311,27 +343,3 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     for heavy in (".venv", ".git", "tests", "runs", "artifacts/demo/checkpoint.pt"):
         assert _dockerignored(heavy, patterns), f".dockerignore lets {heavy} into the context"
     assert not _dockerignored("artifacts/demo/model.onnx", patterns), "models must stay bakeable"
-
-
-def test_extras_requirements_script(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    script = DEPLOY / "extras_requirements.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--pyproject", str(ROOT / "pyproject.toml"), "gpu"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    extras = PYPROJECT["optional-dependencies"]
-    assert out == list(dict.fromkeys(PYPROJECT["dependencies"] + extras["gpu"]))
-    bad = subprocess.run(
-        [sys.executable, str(script), "--pyproject", str(ROOT / "pyproject.toml"), "nope"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (
-        bad.returncode == 2 and "no extra 'nope'" in bad.stderr and "pyproject.toml" in bad.stderr
-    )

@@ -110,7 +110,16 @@ def test_gpu_and_security(deployment: dict[str, Any], container: dict[str, Any])
     # The worker drains for up to 30 s after SIGTERM; the pod must wait at least as long.
     assert pod["terminationGracePeriodSeconds"] >= 35
     claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
-    assert claim["claimName"] == one("PersistentVolumeClaim")["metadata"]["name"]
+    pvc = one("PersistentVolumeClaim")
+    assert claim["claimName"] == pvc["metadata"]["name"]
+
+
+def test_model_claim_binds_on_a_default_storage_class() -> None:
+    """No storageClassName means the cluster's default class, and default classes offer
+    ReadWriteOnce; a ReadOnlyMany claim there stays Pending, and its pods with it."""
+    spec = one("PersistentVolumeClaim")["spec"]
+    assert "storageClassName" not in spec
+    assert spec["accessModes"] == ["ReadWriteOnce"]
 
 
 def test_selectors_and_references_agree(deployment: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from model import (
     project_masks_on_boxes,
 )
 
-from .conftest import synthetic_batch, tiny_config
+from .helpers import synthetic_batch, tiny_config
 
 
 def _mask_loss_grads(stop_gradient: bool):

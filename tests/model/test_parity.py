@@ -1,33 +1,26 @@
-"""Parity with torchvision's MaskRCNN: same weights, same eval outputs (issue: model point 1)."""
+"""Parity with torchvision's MaskRCNN: same weights, same eval outputs ."""
 
 from __future__ import annotations
 
 import torch
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-from model import build_model
-from model.backbones import build_backbone
+from model import build_model, mask_rcnn_arguments
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def _torchvision_twin(cfg):
-    backbone = build_backbone("tiny", fpn_channels=cfg.fpn_channels, tiny_widths=cfg.tiny_widths)
+    # The same modules build_model gets (one function builds the arguments for both), with
+    # torchvision's own predictors and RoIHeads in place of the Mask^X ones.
+    k1, d = cfg.num_classes + 1, cfg.mask_head_dim
     return MaskRCNN(
-        backbone,
-        num_classes=cfg.num_classes + 1,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        rpn_anchor_generator=AnchorGenerator(
-            tuple((s,) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5
-        ),
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_score_thresh=cfg.box_score_thresh,
-        representation_size=None,
-        mask_head=MaskRCNNHeads(cfg.fpn_channels, (cfg.mask_head_dim,) * cfg.mask_head_layers, 1),
+        num_classes=None,
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, k1),
+        mask_predictor=MaskRCNNPredictor(d, d, k1),
+        **mask_rcnn_arguments(cfg),
     )
 
 

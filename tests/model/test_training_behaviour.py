@@ -7,7 +7,7 @@ import torch
 
 from model import ConfigError, ModelConfig, build_model
 
-from .conftest import synthetic_batch, tiny_config
+from .helpers import synthetic_batch, tiny_config
 
 # Losses of the seeded tiny model on the seeded batch (torch 2.14.1, CPU). A change here means
 # the model computes something else: check why before updating the numbers.

@@ -17,7 +17,8 @@ from pydantic import SecretStr
 from service.app import create_app
 from service.schemas import ErrorResponse, ModelDescription, SegmentResponse
 from service.settings import Settings
-from service.testing import FakeRuntime, make_image
+from service.testing import make_image
+from tests.service.helpers import FakeRuntime
 
 JPEG = {"content-type": "image/jpeg"}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,22 +20,13 @@ from PIL import Image
 from service.app import create_app
 from service.overlay import class_color
 from service.settings import Settings
-from service.testing import CLASSES, LABELS, LiveServer, build_test_model, default_metadata
+from service.testing import CLASSES, LABELS, build_test_model, default_metadata
+from tests.service.helpers import CHROMIUM, CHROMIUM_ARGS, LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "service" / "static" / "samples"
 NAMES = [CLASSES[label - 1] for label in LABELS]  # the graph's detections, best first
 SCREENSHOT_DIR = ROOT / "artifacts" / "test-screenshots"
-CHROMIUM = Path(os.environ.get("MASKX_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT_MS = 20_000
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-from service.testing import LiveServer
+from tests.service.helpers import LiveServer
 
 from .test_live import assert_masks_match_reference_paste
 

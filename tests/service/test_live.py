@@ -19,7 +19,8 @@ from service.app import create_app
 from service.pipeline import Pipeline
 from service.runtime import load_runtime
 from service.settings import Settings
-from service.testing import FakeRuntime, LiveServer, make_image
+from service.testing import make_image
+from tests.service.helpers import FakeRuntime, LiveServer
 
 JPEG = {"content-type": "image/jpeg"}
 
@@ -102,7 +103,7 @@ def test_masks_over_http_match_the_reference_paste(model_path: Path, settings: S
 
 def test_flood_gets_only_200_or_429_and_the_server_stays_healthy(settings: Settings) -> None:
     rt = FakeRuntime(delay_s=0.1)
-    cfg = settings.model_copy(update={"max_batch_size": 1, "queue_size": 2})
+    cfg = settings.model_copy(update={"max_batch_size": 1, "queue_size": 2, "max_in_flight": 64})
     data = make_image(64, 48)
     with LiveServer(create_app(cfg, runtime=rt)) as live:
         live.wait_ready()
@@ -145,7 +146,7 @@ def test_deadline_gives_504_and_the_server_stays_healthy(settings: Settings) -> 
 def sigterm_once_in_flight(app: Any, live: LiveServer) -> None:
     """Wait until a request is admitted, then send the server its SIGTERM."""
     until = time.monotonic() + 5
-    while app.state.engine.in_flight == 0:
+    while app.state.worker.admission.in_flight == 0:
         assert time.monotonic() < until
         time.sleep(0.01)
     live.server.handle_exit(signal.SIGTERM, None)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from service.contract import ModelMetadata
 from service.postprocess import (
     SegmentParams,
     encode_region,
@@ -18,7 +17,6 @@ from service.postprocess import (
     postprocess_detections,
     rle_to_string,
 )
-from service.runtime import parse_metadata
 from service.testing import default_metadata, expected_outputs
 
 
@@ -128,7 +126,7 @@ def test_paste_equals_torchvision_full_image_paste() -> None:
 
 
 def test_postprocess_filters_scales_and_encodes(synthetic_model: None) -> None:
-    info = parse_metadata(json.dumps(default_metadata()))
+    info = ModelMetadata.from_dict(default_metadata())
     raw = expected_outputs(np.array([[320, 480]]))
     params = SegmentParams(score_threshold=0.5, mask_threshold=0.5, max_detections=10)
     dets = postprocess_detections(
@@ -164,7 +162,7 @@ def test_postprocess_filters_scales_and_encodes(synthetic_model: None) -> None:
 
 
 def test_postprocess_rejects_labels_outside_the_vocabulary() -> None:
-    info = parse_metadata(json.dumps(default_metadata()))
+    info = ModelMetadata.from_dict(default_metadata())
     raw = expected_outputs(np.array([[64, 64]]))
     raw.labels[:] = 9
     with pytest.raises(ValueError, match=r"outside 1\.\.4"):

@@ -13,7 +13,8 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from service.testing import LiveServer, make_image
+from service.testing import make_image
+from tests.service.helpers import LiveServer
 
 PROMETHEUS = shutil.which("prometheus")
 QUERY = "histogram_quantile(0.5, sum by (le) (rate(maskx_request_duration_seconds_bucket[1m])))"

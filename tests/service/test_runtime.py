@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.contract import ModelMetadata
 from service.runtime import (
-    OnnxRuntimeEngine,
+    OnnxRuntimeSession,
     RawDetections,
     load_runtime,
-    parse_metadata,
     select_providers,
 )
 from service.settings import Settings
@@ -64,7 +64,7 @@ def test_cpu_thread_settings_reach_the_session(model_path: Path, settings: Setti
     # ... and through the app's settings (MASKX_INTRA_OP_THREADS, MASKX_ORT_SPINNING)
     app = create_app(settings.model_copy(update={"intra_op_threads": 2, "ort_spinning": True}))
     with TestClient(app):
-        options = app.state.engine.runtime.session.get_session_options()
+        options = app.state.worker.runtime.session.get_session_options()
         assert options.intra_op_num_threads == 2
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
@@ -82,7 +82,7 @@ def test_split_routes_by_batch_index() -> None:
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.onnx"):
-        OnnxRuntimeEngine(tmp_path / "nope.onnx")
+        OnnxRuntimeSession(tmp_path / "nope.onnx")
 
 
 def test_model_without_maskx_metadata_is_refused(tmp_path: Path) -> None:
@@ -93,14 +93,14 @@ def test_model_without_maskx_metadata_is_refused(tmp_path: Path) -> None:
     del model.metadata_props[:]
     onnx.save(model, str(path))
     with pytest.raises(ValueError, match="no 'maskx' key"):
-        OnnxRuntimeEngine(path, ["cpu"])
+        OnnxRuntimeSession(path, ["cpu"])
 
 
 def test_garbage_file_is_refused_with_its_path(tmp_path: Path) -> None:
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"not a model")
     with pytest.raises(ValueError, match=r"garbage\.onnx"):
-        OnnxRuntimeEngine(path, ["cpu"])
+        OnnxRuntimeSession(path, ["cpu"])
 
 
 @pytest.mark.parametrize(
@@ -116,9 +116,9 @@ def test_garbage_file_is_refused_with_its_path(tmp_path: Path) -> None:
 )
 def test_metadata_errors_name_the_field(change: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
-        parse_metadata(json.dumps(default_metadata(**change)), "m.onnx")
+        ModelMetadata.parse(json.dumps(default_metadata(**change)), "m.onnx")
 
 
 def test_metadata_not_json() -> None:
     with pytest.raises(ValueError, match="not valid JSON"):
-        parse_metadata("{", "m.onnx")
+        ModelMetadata.parse("{", "m.onnx")

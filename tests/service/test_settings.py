@@ -60,3 +60,24 @@ def test_empty_api_key_means_unset(clean_env: None, monkeypatch: pytest.MonkeyPa
 def test_misconfiguration_fails_at_start(clean_env: None, kwargs: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         Settings(**kwargs)
+
+
+def test_contracts_doc_lists_every_setting_error_code_and_metric() -> None:
+    from pathlib import Path
+
+    from service.errors import ERROR_CODES
+    from service.metrics import ServiceMetrics
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "contracts.md").read_text()
+    readme = (root / "README.md").read_text()
+    missing = [
+        f"MASKX_{n.upper()}" for n in Settings.model_fields if f"MASKX_{n.upper()}" not in doc
+    ]
+    missing += [f"`{code}`" for code in ERROR_CODES if f"`{code}`" not in doc]
+    names = {
+        m.name + ("_total" if m.type == "counter" else "")
+        for m in ServiceMetrics().registry.collect()
+    }
+    missing += [n for n in sorted(names) if n not in doc or n not in readme]
+    assert not missing, f"docs/contracts.md or README.md lacks {missing}"

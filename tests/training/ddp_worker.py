@@ -1,6 +1,6 @@
 """Entry point of the DDP test: ``torchrun … ddp_worker.py CONFIG OUT section.field=value…``.
 
-Trains with the engine, then every rank saves its own weights so the test can compare them.
+Trains with the Trainer, then every rank saves its own weights so the test can compare them.
 """
 
 from __future__ import annotations

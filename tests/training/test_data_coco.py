@@ -1,4 +1,4 @@
-"""COCO-format dataset on the tiny fixture (issue 3, points 4 and 5).
+"""COCO-format dataset on the tiny fixture.
 
 The fixture (tests/fixtures/coco_tiny, made by its make_fixtures.py) holds 5 images and 14
 annotations: 10 trainable instances, 1 crowd region, 2 degenerate boxes (ids 203, 204), 2

@@ -1,4 +1,4 @@
-"""Visual Genome dataset and the VG + COCO mix on the tiny fixtures (issue 3, points 4 and 5).
+"""Visual Genome dataset and the VG + COCO mix on the tiny fixtures.
 
 tests/fixtures/vg_tiny: 3 images, 16 objects; object 1003 has no synsets, 2005 has two
 (shirt.n.01 first), 2006 is a rare synset, 2007 has a zero-width box; image 1 is COCO image 139.

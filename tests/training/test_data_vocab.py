@@ -1,4 +1,4 @@
-"""Class vocabulary and mask splits (issue 3, point 4: A/B flags)."""
+"""Class vocabulary and mask splits (the A/B flags)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from training.config import TrainConfig
 from training.datasets import (
+    MASK_SPLITS,
     ClassVocabulary,
     CocoDataset,
     MixedDataset,
@@ -25,7 +26,7 @@ def _need(cfg: TrainConfig, *fields: str) -> None:
 
 def _mask_spec(cfg: TrainConfig) -> str:
     spec = cfg.data.mask_classes
-    if spec in ("all", "voc", "nonvoc", "none"):
+    if spec in MASK_SPLITS:
         return spec
     return str(cfg.data.path(spec))
 

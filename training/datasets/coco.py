@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torch.utils.data import Dataset
 
+from training.datasets.base import DetectionDataset, summarise_ids
 from training.datasets.errors import DatasetError
 from training.datasets.vocab import ClassVocabulary
 
@@ -34,7 +34,6 @@ __all__ = [
     "DatasetError",
     "LoadStats",
     "decode_segmentation",
-    "hflip",
     "load_json",
     "load_rgb_image",
 ]
@@ -44,7 +43,6 @@ logger = logging.getLogger(__name__)
 #: Boxes whose width or height is at most this many pixels (after clipping) are dropped.
 MIN_BOX_SIZE = 1.0
 #: How many offending ids a logged summary lists before "...".
-_IDS_IN_SUMMARY = 10
 
 
 @dataclass
@@ -194,12 +192,7 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(decoded, dtype=np.uint8)
 
 
-def _summarise(ids: Sequence[int]) -> str:
-    shown = ", ".join(str(i) for i in ids[:_IDS_IN_SUMMARY])
-    return shown + (", ..." if len(ids) > _IDS_IN_SUMMARY else "")
-
-
-class CocoDataset(Dataset):
+class CocoDataset(DetectionDataset):
     """Map-style dataset over a COCO json and its image folder.
 
     Item ``i`` is ``(image, target)``: ``image`` float32 ``[3, H, W]`` RGB in [0, 1]; ``target``
@@ -246,11 +239,9 @@ class CocoDataset(Dataset):
         hflip_prob: float = 0.0,
         check_files: bool = True,
     ) -> None:
+        super().__init__(hflip_prob=hflip_prob)
         self.annotation_file = Path(annotation_file)
         self.image_root = Path(image_root)
-        if not 0.0 <= hflip_prob <= 1.0:
-            raise ValueError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
-        self.hflip_prob = float(hflip_prob)
         self._coco = None
         data = load_json(self.annotation_file)
         categories = self._read_categories(data)
@@ -428,14 +419,14 @@ class CocoDataset(Dataset):
                 self.annotation_file,
                 s.degenerate,
                 MIN_BOX_SIZE,
-                _summarise(s.degenerate_ids),
+                summarise_ids(s.degenerate_ids),
             )
         if s.dropped_empty_image_ids:
             logger.info(
                 "%s: left out %d images with no trainable instance: image ids %s",
                 self.annotation_file,
                 len(s.dropped_empty_image_ids),
-                _summarise(s.dropped_empty_image_ids),
+                summarise_ids(s.dropped_empty_image_ids),
             )
 
     # -- access -------------------------------------------------------------------------------
@@ -451,28 +442,12 @@ class CocoDataset(Dataset):
                 self._coco = COCO(str(self.annotation_file))
         return self._coco
 
-    @property
-    def image_ids(self) -> list[int]:
-        """COCO image ids, in dataset order."""
-        return [r.image_id for r in self._records]
-
-    def get_height_and_width(self, index: int) -> tuple[int, int]:
-        """(height, width) of item ``index`` from the json, without decoding the image."""
-        r = self._records[index]
-        return r.height, r.width
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def load(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r = self._records[index]
         image = load_rgb_image(
             r.path, expected_hw=(r.height, r.width), what=self._where("image", r.image_id)
         )
-        target = self._target(r)
-        if self.hflip_prob > 0 and torch.rand(()).item() < self.hflip_prob:
-            image, target = hflip(image, target)
-        return image, target
+        return image, self._target(r)
 
     def _target(self, r: _ImageRecord) -> dict[str, torch.Tensor]:
         g = len(r.instances)
@@ -504,17 +479,3 @@ class CocoDataset(Dataset):
                         ) from e
             target["masks"] = torch.from_numpy(masks)
         return target
-
-
-def hflip(
-    image: torch.Tensor, target: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Flip ``image`` ``[3, H, W]`` and its target (boxes, masks) left to right."""
-    width = image.shape[-1]
-    target = dict(target)
-    boxes = target["boxes"].clone()
-    boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
-    target["boxes"] = boxes
-    if "masks" in target:
-        target["masks"] = target["masks"].flip(-1)
-    return image.flip(-1), target

@@ -19,10 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import Dataset
 
 from training.class_tables import coco_classes, synset_to_coco_name
-from training.datasets.coco import hflip, load_json, load_rgb_image
+from training.datasets.base import DetectionDataset, summarise_ids
+from training.datasets.coco import load_json, load_rgb_image
 from training.datasets.errors import DatasetError
 from training.datasets.vocab import ClassVocabulary
 
@@ -42,7 +42,6 @@ VG_IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
 #: ``source_ids`` of the non-COCO classes of a Visual Genome vocabulary are this + model label.
 VG_SOURCE_ID_OFFSET = 1000
 _MIN_BOX_SIZE = 1.0
-_IDS_IN_SUMMARY = 10
 
 
 def _object_synsets(objects_data: Sequence[Mapping[str, Any]]) -> Iterable[str]:
@@ -124,12 +123,7 @@ class _VgRecord:
     labels: tuple[int, ...]
 
 
-def _summarise(ids: Sequence[int]) -> str:
-    shown = ", ".join(str(i) for i in ids[:_IDS_IN_SUMMARY])
-    return shown + (", ..." if len(ids) > _IDS_IN_SUMMARY else "")
-
-
-class VisualGenomeDataset(Dataset):
+class VisualGenomeDataset(DetectionDataset):
     """Map-style dataset of Visual Genome boxes labelled by synset.
 
     Item ``i`` is ``(image, target)`` per docs/contracts.md: ``image`` float32 ``[3, H, W]``;
@@ -179,12 +173,10 @@ class VisualGenomeDataset(Dataset):
     ) -> None:
         if multi_synset not in ("first", "drop"):
             raise ValueError(f"multi_synset must be 'first' or 'drop', got {multi_synset!r}")
-        if not 0.0 <= hflip_prob <= 1.0:
-            raise ValueError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
+        super().__init__(hflip_prob=hflip_prob)
         self.image_data_file = Path(image_data_file)
         self.objects_file = Path(objects_file)
         self.image_root = Path(image_root) if image_root else self.image_data_file.parent
-        self.hflip_prob = float(hflip_prob)
         self.stats = VisualGenomeStats()
 
         images = self._read_image_data(load_json(self.image_data_file))
@@ -331,39 +323,26 @@ class VisualGenomeDataset(Dataset):
         ):
             if ids:
                 logger.warning(
-                    "%s: dropped %d %s: object ids %s", f, len(ids), why, _summarise(ids)
+                    "%s: dropped %d %s: object ids %s", f, len(ids), why, summarise_ids(ids)
                 )
         if s.held_out_image_ids:
             logger.info(
                 "%s: held out %d images: image ids %s",
                 f,
                 len(s.held_out_image_ids),
-                _summarise(s.held_out_image_ids),
+                summarise_ids(s.held_out_image_ids),
             )
         if s.empty_image_ids:
             logger.info(
                 "%s: left out %d images with no object left: image ids %s",
                 f,
                 len(s.empty_image_ids),
-                _summarise(s.empty_image_ids),
+                summarise_ids(s.empty_image_ids),
             )
 
     # -- access -------------------------------------------------------------------------------
 
-    @property
-    def image_ids(self) -> list[int]:
-        """Visual Genome image ids, in dataset order."""
-        return [r.image_id for r in self._records]
-
-    def get_height_and_width(self, index: int) -> tuple[int, int]:
-        """(height, width) of item ``index`` from ``image_data.json``, without decoding."""
-        r = self._records[index]
-        return r.height, r.width
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def load(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r = self._records[index]
         what = f"{self.image_data_file}: image id {r.image_id}"
         path = r.path or self._resolve_image({"image_id": r.image_id, "url": r.url})
@@ -378,6 +357,4 @@ class VisualGenomeDataset(Dataset):
             "iscrowd": torch.zeros(g, dtype=torch.int64),
             "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
         }
-        if self.hflip_prob > 0 and torch.rand(()).item() < self.hflip_prob:
-            image, target = hflip(image, target)
         return image, target

@@ -42,9 +42,6 @@ from model import (
     WeightTransferMaskPredictor,
 )
 
-INPUT_NAMES = ["images", "image_sizes"]
-OUTPUT_NAMES = ["boxes", "scores", "labels", "batch_index", "mask_probs"]
-
 
 def baked_mask_weights(model: MaskXRCNN) -> tuple[Tensor, Tensor | None]:
     """Per-class 1×1 mask kernels of every class 1..K: (weight [K', D], bias [K'] or None).

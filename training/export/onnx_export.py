@@ -6,7 +6,6 @@ once the model is wrapped in :class:`~training.export.adapter.ExportAdapter`.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -18,14 +17,20 @@ import torch
 
 from maskx import __version__
 from model import MaskXRCNN
-from training.export.adapter import INPUT_NAMES, OUTPUT_NAMES, ExportAdapter
+from service.contract import (  # the graph contract is the service's; this side writes it
+    FORMAT_VERSION,
+    INPUT_NAMES,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    ModelMetadata,
+)
+from training.export.adapter import ExportAdapter
 from training.fileio import atomic_path
 
 OPSET = 17
 """The one opset we export with (ONNX Runtime ≥ 1.14 runs it on CPU, CUDA and TensorRT)."""
 
-METADATA_KEY = "maskx"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_VERSION", "INPUT_NAMES", "METADATA_KEY", "OPSET", "OUTPUT_NAMES"]
 
 
 class ExportError(RuntimeError):
@@ -90,48 +95,54 @@ def build_metadata(
     name: str,
     version: str,
     precision: str = "fp32",
-) -> dict[str, Any]:
+) -> ModelMetadata:
+    """The metadata of ``model``'s ONNX file (:class:`service.contract.ModelMetadata`)."""
     t = model.transform
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "version": version,
-        "precision": precision,  # "fp32", or "fp16-backbone" (maskx export --fp16)
-        "classes": list(vocab.names),
-        "mask_classes": [bool(m) for m in vocab.mask_classes],
-        "source_ids": [int(i) for i in vocab.source_ids],
-        "min_size": int(t.min_size[-1]),
-        "max_size": int(t.max_size),
-        "size_divisible": int(t.size_divisible),
-        "mask_resolution": 28,
-        "image_mean": [float(v) for v in t.image_mean],
-        "image_std": [float(v) for v in t.image_std],
-        "mask_predictor": model_config.get("mask_predictor"),
-        "score_threshold": float(model.roi_heads.score_thresh),
-        "detections_per_img": int(model.roi_heads.detections_per_img),
-        "checkpoint_sha256": checkpoint_sha256,
-        "training_config": train_config,
-        "model_config": model_config,
-        "exporter": f"maskx {__version__}, torch {torch.__version__}, opset {OPSET}",
-    }
+    return ModelMetadata(
+        name=name,
+        version=version,
+        classes=tuple(vocab.names),
+        mask_classes=tuple(bool(m) for m in vocab.mask_classes),
+        category_ids=tuple(int(i) for i in vocab.source_ids),
+        min_size=int(t.min_size[-1]),
+        max_size=int(t.max_size),
+        size_divisible=int(t.size_divisible),
+        mask_resolution=28,
+        format_version=FORMAT_VERSION,
+        provenance={
+            "precision": precision,  # "fp32", or "fp16-backbone" (maskx export --fp16)
+            "image_mean": [float(v) for v in t.image_mean],
+            "image_std": [float(v) for v in t.image_std],
+            "mask_predictor": model_config.get("mask_predictor"),
+            "score_threshold": float(model.roi_heads.score_thresh),
+            "detections_per_img": int(model.roi_heads.detections_per_img),
+            "checkpoint_sha256": checkpoint_sha256,
+            "training_config": train_config,
+            "model_config": model_config,
+            "exporter": f"maskx {__version__}, torch {torch.__version__}, opset {OPSET}",
+        },
+    )
 
 
 def export_model(
     model: MaskXRCNN,
     output: str | os.PathLike,
-    metadata: dict[str, Any],
+    metadata: ModelMetadata | dict[str, Any],
     *,
     opset: int = OPSET,
     sample_size: tuple[int, int] = (320, 320),
     fp16: bool = False,
 ) -> Path:
-    """Trace ``model`` through the adapter and write ``output`` atomically with metadata.
+    """Trace ``model`` through the adapter and write ``output`` atomically with metadata
+    (:func:`build_metadata`, or its decoded JSON as read back from a file).
 
     ``fp16``: backbone and FPN weights and activations in float16, the rest float32 (inputs
     and outputs keep the contract's types).
     """
     import onnx
 
+    if not isinstance(metadata, ModelMetadata):
+        metadata = ModelMetadata.from_dict(metadata, "export metadata")
     output = Path(output)
     if output.is_dir():
         raise ExportError(f"output {str(output)!r} is a directory; give a file path")
@@ -154,8 +165,8 @@ def export_model(
                 adapter,
                 (images, sizes),
                 tmp,
-                input_names=INPUT_NAMES,
-                output_names=OUTPUT_NAMES,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
                 dynamic_axes={
                     "images": {0: "batch", 2: "height", 3: "width"},
                     "image_sizes": {0: "batch"},
@@ -170,11 +181,11 @@ def export_model(
                 dynamo=False,
             )
         proto = onnx.load(tmp)
-        proto.doc_string = f"Mask^X R-CNN {metadata.get('name')} {metadata.get('version')}"
+        proto.doc_string = f"Mask^X R-CNN {metadata.name} {metadata.version}"
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key = METADATA_KEY
-        entry.value = json.dumps(metadata, separators=(",", ":"))
+        entry.value = metadata.to_json()
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
     return output
@@ -387,7 +398,9 @@ def verify_export(
 
     def run(batch_images: list[torch.Tensor]) -> list[dict[str, np.ndarray]]:
         batch, sizes = pad_batch(batch_images, int(t.size_divisible))
-        out = session.run(OUTPUT_NAMES, {"images": batch.numpy(), "image_sizes": sizes.numpy()})
+        out = session.run(
+            list(OUTPUT_NAMES), {"images": batch.numpy(), "image_sizes": sizes.numpy()}
+        )
         return _split(out, len(batch_images))
 
     singles = []

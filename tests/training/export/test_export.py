@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from maskx.cli import main as cli_main
 from model import build_model
-from tests.model.conftest import tiny_config
+from tests.model.helpers import tiny_config
 from training.checkpoint import load_model_from_checkpoint
 from training.export.onnx_export import (
     METADATA_KEY,

@@ -1,4 +1,4 @@
-"""Training engine: resume after SIGKILL, DDP, checkpoints, schedule and configuration."""
+"""The Trainer: resume after SIGKILL, DDP, checkpoints, schedule and configuration."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from model.config import ConfigError
+from tests.helpers import tiny_train_overrides
 from training.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
 from training.config import TrainConfig, load_config
+from training.datasets.flip import flip_batch
 from training.schedule import get_lr
-from training.trainer import flip_batch, train
-
-from .conftest import tiny_train_overrides
+from training.trainer import train
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_synth.yaml"
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,47 @@
+"""The Makefile's test targets and pyproject's pytest markers: every marker is used, and the
+targets select different sets (default run, Docker tests, everything)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+
+from tests.deploy.docker_helpers import ROOT
+
+OPTIONS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+MARKERS = {line.split(":")[0].strip() for line in OPTIONS["markers"]}
+
+
+def test_every_registered_marker_marks_a_test() -> None:
+    used: set[str] = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        used |= set(re.findall(r"pytest\.mark\.(\w+)", path.read_text(encoding="utf-8")))
+    unused = MARKERS - used
+    assert not unused, f"markers registered in pyproject.toml but never used: {sorted(unused)}"
+    assert "--strict-markers" in OPTIONS["addopts"], "an unregistered marker must be an error"
+
+
+def _pytest_line(target: str) -> str:
+    dry = subprocess.run(
+        ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    lines = [line for line in dry.splitlines() if re.search(r"\bpytest\b", line)]
+    assert len(lines) == 1, f"make {target} runs pytest {len(lines)} times: {lines}"
+    return lines[0]
+
+
+def test_targets_select_different_tests() -> None:
+    default, docker, every = (_pytest_line(t) for t in ("test", "test-docker", "test-all"))
+    assert re.search(r"pytest\s*$", default), "make test runs the default selection (addopts)"
+    assert "-m 'not slow'" in OPTIONS["addopts"] or '-m "not slow"' in OPTIONS["addopts"]
+    assert docker.rstrip().endswith("-m docker"), docker
+    assert every.rstrip().endswith('-m ""'), every
+    assert len({default, docker, every}) == 3
+
+
+def test_make_test_starts_the_engine_first() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert dry.index("docker-engine.sh") < dry.index("pytest"), dry

@@ -1,0 +1,91 @@
+"""``format=coco`` over real HTTP is a COCO results list that pycocotools scores like
+``maskx evaluate`` scores the checkpoint the model was exported from."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import httpx
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.helpers import LiveServer
+
+# The 40-step test model scores next to nothing at its own threshold; keeping every detection
+# (as COCO evaluation usually does) gives pycocotools something to rank on both sides.
+SCORE_THRESHOLD = 0.0
+
+
+def _export(trained_checkpoint: Path, out: Path) -> Path:
+    from training.checkpoint import load_model_from_checkpoint
+    from training.export.onnx_export import build_metadata, export_model
+
+    model, vocab, ckpt = load_model_from_checkpoint(trained_checkpoint)
+    model.roi_heads.score_thresh = SCORE_THRESHOLD
+    meta = build_metadata(
+        model, vocab, model_config=ckpt["model_config"], train_config=ckpt["train_config"],
+        checkpoint_sha256=None, name="tiny", version="test",
+    )  # fmt: skip
+    return export_model(model, out, meta)
+
+
+def _mask_ap(coco_gt: COCO, results: list[dict]) -> float:
+    dets = coco_gt.loadRes(results)
+    evaluator = COCOeval(coco_gt, dets, iouType="segm")
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
+
+
+def test_coco_format_over_http_scores_like_maskx_evaluate(
+    trained_checkpoint: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    from training.evaluate_cli import run_evaluation
+
+    annotations = synth_root / "annotations" / "instances_val.json"
+    images = synth_root / "images" / "val"
+    reference = run_evaluation(
+        str(trained_checkpoint),
+        str(annotations),
+        str(images),
+        device="cpu",
+        progress=False,
+        score_threshold=SCORE_THRESHOLD,
+    )
+    expected_ap = reference["segm"]["all"]["AP"]
+
+    model = _export(trained_checkpoint, tmp_path / "tiny.onnx")
+    settings = Settings(model_path=model, providers="cpu", warmup=False, max_batch_delay_ms=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(annotations))
+    results: list[dict] = []
+    with LiveServer(create_app(settings)) as live, httpx.Client(base_url=live.url) as client:
+        live.wait_ready()
+        categories = client.get("/v1/model").json()["category_ids"]
+        assert sorted(categories) == sorted(coco_gt.getCatIds())
+        for image_id in sorted(coco_gt.getImgIds()):
+            path = images / coco_gt.imgs[image_id]["file_name"]
+            # The graph already applies the model's score threshold and detection limit.
+            query = {"format": "coco", "image_id": image_id, "score_threshold": 0,
+                     "max_detections": 1000}  # fmt: skip
+            r = client.post("/segment", params=query, content=path.read_bytes(),
+                            headers={"content-type": "image/png"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert isinstance(answer, list)
+            assert all(d["image_id"] == image_id for d in answer)
+            results += answer
+    assert results, "the model found nothing: the comparison would be empty"
+    # What a user would do: write the list, load it with pycocotools.
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    got_ap = _mask_ap(coco_gt, json.loads((tmp_path / "results.json").read_text()))
+    print(f"mask AP: maskx evaluate {expected_ap:.4f}, HTTP format=coco {got_ap:.4f}")
+    assert expected_ap > 0.01  # a model that finds nothing would make any service agree
+    assert abs(got_ap - expected_ap) <= 0.005  # 0.5 AP points

@@ -1,3 +1,0 @@
-from tests.conftest import tiny_train_overrides
-
-__all__ = ["tiny_train_overrides"]

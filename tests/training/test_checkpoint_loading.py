@@ -1,0 +1,101 @@
+"""Checkpoints load without running code from the file, and every checkpoint maskx writes loads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
+
+PREVIOUS_LAYOUT = Path(__file__).resolve().parents[1] / "fixtures" / "previous_layout"
+
+
+class _WritesMarker:
+    """Unpickling this object calls ``os.system`` (a checkpoint from someone else could)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _malicious_checkpoint(tmp_path: Path, marker: Path) -> Path:
+    path = tmp_path / "evil.pt"
+    torch.save(
+        {"format": "maskx-checkpoint", "model": {}, "model_config": {}, "vocab": {},
+         "payload": _WritesMarker(marker)},
+        path,
+    )  # fmt: skip
+    # The pickle really would run the command: check with plain pickle on a copy of it.
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        assert b"system" in archive.read(name)
+    return path
+
+
+def test_checkpoint_whose_pickle_runs_code_is_refused_and_the_code_does_not_run(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "marker"
+    path = _malicious_checkpoint(tmp_path, marker)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and "system" in message  # names the file and the type
+    assert not marker.exists()
+    # Control: the same file *does* run the command when unpickled without the guard.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_plain_pickle_with_a_foreign_type_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pt"
+    torch.save({"format": "maskx-checkpoint", "when": __import__("datetime").date(2024, 1, 1)},
+               path)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"datetime\.date"):
+        load_checkpoint(path)
+
+
+def test_every_checkpoint_the_trainer_writes_loads(trained_checkpoint: Path) -> None:
+    folder = trained_checkpoint.parent
+    written = sorted(folder.glob("*.pt"))
+    assert {p.name for p in written} >= {"last.pt", "model_final.pt"}
+    for path in written:
+        ckpt = load_checkpoint(path)
+        # The RNG states of every kind come back as they were saved (numpy's needs the
+        # allow-list; torch's and Python's are tensors and tuples).
+        rng = ckpt["rng"][0] if isinstance(ckpt["rng"], list) else ckpt["rng"]
+        assert rng["numpy"][0] == "MT19937" and rng["numpy"][1].shape == (624,)
+        assert isinstance(rng["torch"], torch.Tensor) and isinstance(rng["python"], tuple)
+        assert ckpt["optimizer"]["state"] and ckpt["step"] == 40
+    model, vocab, _ = load_model_from_checkpoint(trained_checkpoint)
+    assert len(vocab) == model.num_classes
+
+
+def test_checkpoint_written_by_the_previous_layout_loads() -> None:
+    ckpt = load_checkpoint(PREVIOUS_LAYOUT / "checkpoint.pt")
+    assert ckpt["format"] == "maskx-checkpoint"
+    model, vocab, _ = load_model_from_checkpoint(PREVIOUS_LAYOUT / "checkpoint.pt")
+    assert len(vocab) == model.num_classes
+
+
+def test_truncated_checkpoint_is_named(tmp_path: Path, trained_checkpoint: Path) -> None:
+    data = trained_checkpoint.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(path)
+
+
+def test_unpickling_error_type_is_what_torch_raises(tmp_path: Path) -> None:
+    # The refusal path relies on torch raising UnpicklingError for a disallowed global.
+    path = _malicious_checkpoint(tmp_path, tmp_path / "m2")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    assert not (tmp_path / "m2").exists()
