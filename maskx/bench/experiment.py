@@ -200,6 +200,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-shape-kernels", action="store_true",
                         help="also score transfer runs with each B class given the τ kernel of "
                              "the A class of its shape (one more evaluation per run)")  # fmt: skip
+    parser.add_argument("--transfer-diagnostics", action="store_true",
+                        help="also measure, on finished runs: w_det's row drift from its init "
+                             "(every run), offline ridge τ (oracle runs) and the free-kernel "
+                             "ceiling on B (transfer and transfer + MLP runs; a short extra training each)")  # fmt: skip
+    parser.add_argument("--ceiling-steps", type=int, default=150,
+                        help="steps of the free-kernel ceiling (8 images each)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="results file (default OUT/results.json)")
     parser.add_argument("--chart", type=Path,
                         help="bar chart PNG (default OUT/experiment_mask_ap.png)")  # fmt: skip
@@ -471,6 +477,9 @@ def read_run(run: Run) -> dict[str, Any] | None:
 
 
 SPLIT_METRICS = "metrics_AB.json"
+# Per-run figures of --transfer-diagnostics that summarise() averages like METRICS.
+DIAGNOSTIC_KEYS = ("true_box_mask_AP_B", "true_box_mask_AP_A", "ridge_tau_mask_AP_B",
+                   "ceiling_mask_AP_B")  # fmt: skip
 
 
 def evaluate_on_split(run: Run, root: Path, batch_size: int = 8) -> Path | None:
@@ -563,7 +572,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not mine:
             continue
         entry: dict[str, Any] = {"label": VARIANTS[variant][0], "seeds": [r["seed"] for r in mine]}
-        for key, *_ in METRICS:
+        extra = [k for k in DIAGNOSTIC_KEYS if any(r.get(k) is not None for r in mine)]
+        for key in [k for k, *_ in METRICS] + extra:
             values = [r[key] for r in mine if r.get(key) is not None]
             mean, std = _mean_std(values)
             entry[key] = {
@@ -603,8 +613,33 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
-    """Bar chart: mask AP on B (and on A, lighter) per variant, error bars = std over seeds."""
+def format_diagnostics_table(summary: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the --transfer-diagnostics figures (mean ± std over seeds)."""
+    cols = [("mask AP B, true boxes", "true_box_mask_AP_B"),
+            ("mask AP A, true boxes", "true_box_mask_AP_A"),
+            ("ridge τ: mask AP B, true boxes", "ridge_tau_mask_AP_B"),
+            ("free-kernel ceiling: mask AP B, true boxes", "ceiling_mask_AP_B")]  # fmt: skip
+    lines = ["| variant | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]  # fmt: skip
+    for entry in summary.values():
+        cells = []
+        for _, key in cols:
+            stat = entry.get(key)
+            cells.append("–" if not stat or stat["mean"] is None
+                         else f"{stat['mean']:.2f} ± {stat['std']:.2f}")  # fmt: skip
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_chart(
+    summary: dict[str, dict[str, Any]],
+    path: Path,
+    title: str,
+    keys: tuple[str, str] = ("mask_AP_B", "mask_AP_A"),
+    what: str = "mask AP",
+) -> Path:
+    """Bar chart: ``keys`` = (on B, on A) per variant (B dark, A light), error bars = std over
+    seeds; ``what`` names the figure in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -614,21 +649,22 @@ def plot_chart(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Pa
     x = list(range(len(names)))
 
     def series(key: str) -> tuple[list[float], list[float]]:
-        means = [summary[n][key]["mean"] or 0.0 for n in names]
-        stds = [summary[n][key]["std"] or 0.0 for n in names]
+        means = [(summary[n].get(key) or {}).get("mean") or 0.0 for n in names]
+        stds = [(summary[n].get(key) or {}).get("std") or 0.0 for n in names]
         return means, stds
 
-    b_mean, b_std = series("mask_AP_B")
-    a_mean, a_std = series("mask_AP_A")
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    b_mean, b_std = series(keys[0])
+    a_mean, a_std = series(keys[1])
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(names)), 4.4), dpi=110)
     w = 0.38
     ax.bar([i - w / 2 for i in x], b_mean, w, yerr=b_std, capsize=4, color="#1f77b4",
-           label="mask AP on B (no masks in training)")  # fmt: skip
+           label=f"{what} on B (no masks in training)")  # fmt: skip
     ax.bar([i + w / 2 for i in x], a_mean, w, yerr=a_std, capsize=4, color="#aec7e8",
-           label="mask AP on A")  # fmt: skip
+           label=f"{what} on A")  # fmt: skip
     for i, m, sd in zip(x, b_mean, b_std, strict=True):  # above the error bar, not on it
         ax.text(i - w / 2, m + sd + 0.4, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [summary[n]["label"].replace(", ", ",\n") for n in names], fontsize=8)
+    labels = [summary[n]["label"].replace(", ", ",\n").replace(" + ", "\n+ ") for n in names]
+    ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
@@ -833,10 +869,57 @@ def main(args: argparse.Namespace) -> int:
                     row[PROBE_KEY] = round(100.0 * m["segm"]["B"]["AP"], 3)
                     print(f"  {r.variant}/seed{r.seed}: mask AP B {row['mask_AP_B']} -> "
                           f"{row[PROBE_KEY]} with same-shape A kernels")  # fmt: skip
+    if args.transfer_diagnostics:
+        from maskx.bench.transfer_diagnostics import (
+            kernel_ceiling,
+            ridge_tau,
+            row_drift,
+            true_box_mask_ap,
+        )
+
+        def cached(r: Run, name: str, fn: Any, *a: Any, **kw: Any) -> Any:
+            # Each figure is kept in the run folder: a later gather reuses it.
+            path = r.folder / f"diagnostic_{name}.json"
+            final = r.folder / "checkpoints" / "model_final.pt"
+            if path.is_file() and path.stat().st_mtime >= final.stat().st_mtime:
+                return json.loads(path.read_text(encoding="utf-8"))
+            value = fn(*a, **kw)
+            path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+            return value
+
+        for r, row in zip(done, rows, strict=True):
+            tb = cached(r, "true_boxes", true_box_mask_ap, r.folder, root)
+            row["true_box_mask_AP_B"], row["true_box_mask_AP_A"] = tb["mask_AP_B"], tb["mask_AP_A"]
+            print(f"  {r.variant}/seed{r.seed}: mask AP given the true boxes {tb}", flush=True)
+            if not r.variant.startswith("stage"):
+                row["w_det_row_drift"] = cached(r, "row_drift", row_drift, r.folder, root)
+                print(f"  {r.variant}/seed{r.seed}: w_det row drift {row['w_det_row_drift']}")
+            if r.variant == "oracle":
+                row["ridge_tau"] = cached(r, "ridge_tau", ridge_tau, r.folder, root)
+                row["ridge_tau_mask_AP_B"] = row["ridge_tau"].get("true_box_mask_AP_B")
+                print(f"  {r.variant}/seed{r.seed}: ridge τ {row['ridge_tau']}", flush=True)
+            if r.variant in ("transfer_mlp", "transfer"):
+                row["ceiling"] = cached(
+                    r, f"ceiling_{args.ceiling_steps}", kernel_ceiling, r.folder, root,
+                    steps=args.ceiling_steps,
+                )  # fmt: skip
+                row["ceiling_mask_AP_B"] = row["ceiling"].get("true_box_mask_AP_B")
+                print(f"  {r.variant}/seed{r.seed}: free-kernel ceiling {row['ceiling']}")
     if args.diagnose and not hue:  # the shape/colour check needs the shapes set's classes
         for r, row in zip(done, rows, strict=True):
             if r.variant != "agnostic" and r.variant != "agnostic_mlp":
                 row["nearest_a_class"] = diagnose(r, root)
+    json_path = args.json or out / "results.json"
+    keep_previous_checks(
+        rows,
+        json_path,
+        [key for key, ran in (("nearest_a_class", args.diagnose),
+                              (PROBE_KEY, args.probe_shape_kernels),
+                              ("w_det_row_drift", args.transfer_diagnostics),
+                              ("ridge_tau", args.transfer_diagnostics),
+                              ("ceiling", args.transfer_diagnostics),
+                              *((k, args.transfer_diagnostics) for k in DIAGNOSTIC_KEYS)) if not ran],
+    )  # fmt: skip
     summary = summarise(rows)
     shares = {
         "transfer_mlp_vs_agnostic": gap_share(summary, "transfer_mlp", "agnostic"),
@@ -864,18 +947,14 @@ def main(args: argparse.Namespace) -> int:
         "gap_share_mask_AP_B": shares,
         "missing_runs": [f"{r.variant}/seed{r.seed}" for r in runs if not r.done],
     }
-    json_path = args.json or out / "results.json"
-    keep_previous_checks(
-        rows,
-        json_path,
-        [key for key, ran in (("nearest_a_class", args.diagnose),
-                              (PROBE_KEY, args.probe_shape_kernels)) if not ran],
-    )  # fmt: skip
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     print()
     print(format_table(summary))
+    if any(k in e for e in summary.values() for k in DIAGNOSTIC_KEYS):
+        print()
+        print(format_diagnostics_table(summary))
     for name, share in shares.items():
         text = "n/a" if share is None else f"{100 * share:.0f} %"
         print(f"gap share {name}: {text}")
@@ -891,6 +970,11 @@ def main(args: argparse.Namespace) -> int:
         title = (f"{dataset_title(dataset_meta)}, {s.max_iter} steps × {s.batch_size} images, "
                  f"mean ± std over {n_seeds} seed(s)")  # fmt: skip
         print(f"chart: {plot_chart(summary, chart, title)}")
+        if any("true_box_mask_AP_B" in e for e in summary.values()):
+            tb_chart = chart.with_name(chart.stem + "_true_boxes.png")
+            plot_chart(summary, tb_chart, title + "; true boxes given",
+                       ("true_box_mask_AP_B", "true_box_mask_AP_A"), "mask AP given true boxes")  # fmt: skip
+            print(f"chart: {tb_chart}")
     print(f"results: {json_path}")
     if results["missing_runs"]:
         print(f"missing runs: {results['missing_runs']}")

@@ -43,13 +43,21 @@ def test_every_variant_builds_a_valid_config() -> None:
 
     seen = set()
     for name, (_, overrides) in experiment.VARIANTS.items():
-        cfg = load_config(experiment.DEFAULT_CONFIG, list(overrides))
+        filled = [o.format(out="/o", seed=0, root="/r") for o in overrides]
+        cfg = load_config(experiment.DEFAULT_CONFIG, filled)
         m = cfg.model
-        seen.add((m.mask_predictor, m.mlp, m.stop_gradient, cfg.data.mask_classes))
-        # Identical budget: the variants may only touch the mask predictor and the mask set.
+        seen.add((m.mask_predictor, m.mlp, m.stop_gradient, cfg.data.mask_classes,
+                  m.transfer_input, m.head_init, cfg.train.scheme))  # fmt: skip
+        # Identical budget: the variants may only touch the mask predictor, τ's input, the
+        # head init, the mask set and the scheme (with the stage-1 checkpoint).
         assert {o.split("=")[0] for o in overrides} <= {
             "model.mask_predictor", "model.mlp", "model.stop_gradient", "data.mask_classes",
+            "model.transfer_input", "model.class_vectors", "model.head_init", "train.scheme",
+            "train.init_checkpoint",
         }, name  # fmt: skip
+        if cfg.train.scheme == "stage2":
+            assert cfg.train.init_checkpoint == "/o/stage1/seed0/checkpoints/model_final.pt"
+            assert experiment.DEPENDS[name] == "stage1"
     assert len(seen) == len(experiment.VARIANTS)
 
 
@@ -139,7 +147,8 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
     assert experiment.main(parse(argv)) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert [r["variant"] for r in results["runs"]] == list(experiment.VARIANTS)
+    main_variants = [v for v in experiment.VARIANTS if v in experiment.PRESET_VARIANTS["main"]]
+    assert [r["variant"] for r in results["runs"]] == main_variants
     assert results["missing_runs"] == []
     assert results["budget"]["max_iter"] == 2 and results["budget"]["batch_size"] == 2
     for r in results["runs"]:
@@ -149,7 +158,7 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path: Path, capsys) -> None:
         assert all(r[k] is None or 0.0 <= r[k] <= 100.0 for k, *_ in experiment.METRICS)
     oracle_cfg = (out / "oracle" / "seed0" / "config.yaml").read_text()
     assert "mask_classes: all" in oracle_cfg and "mask_predictor: class_specific" in oracle_cfg
-    assert set(results["summary"]) == set(experiment.VARIANTS)
+    assert set(results["summary"]) == set(main_variants)
     png = out / "experiment_mask_ap.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| transfer + MLP | 1 |" in printed and "gap share" in printed
@@ -213,3 +222,30 @@ def test_gather_without_the_checks_keeps_what_an_earlier_gather_measured(tmp_pat
     experiment.keep_previous_checks(rows, path, [experiment.PROBE_KEY])
     assert rows[0][experiment.PROBE_KEY] == 3.97
     experiment.keep_previous_checks(rows, tmp_path / "missing.json", ["x"])  # no file: no change
+
+
+def test_hue_ring_preset_smoke_with_stagewise_controls_and_diagnostics(tmp_path: Path) -> None:
+    """The mechanism preset end to end in seconds: τ-input controls, stage 1 → stage 2 with a
+    mask branch of another kind, the oracle's A/B scores and the transfer diagnostics."""
+    pytest.importorskip("torchvision")
+    out = tmp_path / "hue"
+    variants = ["agnostic_mlp", "transfer_mlp", "random_tau", "attribute_tau", "oracle",
+                "stage1", "stagewise_agnostic_mlp", "stagewise_transfer_mlp"]  # fmt: skip
+    argv = ["--preset", "hue_ring", "--quick", "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--images", "6", "--val-images", "3", "--jobs", "1",
+            "--variants", *variants, "--transfer-diagnostics", "--ceiling-steps", "2"]  # fmt: skip
+    assert experiment.main(parse(argv)) == 0
+    meta = json.loads((out / "data" / "dataset.json").read_text())
+    assert meta["preset"] == "hue_ring" and meta["num_classes"] == 36
+    assert meta["num_mask_classes"] == 12
+    results = json.loads((out / "results.json").read_text())
+    ran = {r["variant"] for r in results["runs"]}
+    assert ran == set(variants) - {"stage1"}  # the detector is a step, not a row
+    assert results["missing_runs"] == []
+    cfg = (out / "stagewise_agnostic_mlp" / "seed0" / "config.yaml").read_text()
+    assert "scheme: stage2" in cfg and "stage1/seed0/checkpoints/model_final.pt" in cfg
+    by = {r["variant"]: r for r in results["runs"]}
+    assert "ridge_tau" in by["oracle"] and "ceiling" in by["transfer_mlp"]
+    assert set(by["transfer_mlp"]["w_det_row_drift"]) == {"cls", "box"}
+    assert all(r["true_box_mask_AP_B"] is not None for r in results["runs"])
+    assert "true_box_mask_AP_B" in results["summary"]["transfer_mlp"]

@@ -33,3 +33,71 @@ def test_paper_settings_are_the_papers():
         512,
     )
     assert cfg.model.transfer_input == "cls+box" and cfg.model.stop_gradient and cfg.model.mlp
+
+
+# Every shipped config: (scheme, data kind, mask predictor, MLP, mask classes, words its header
+# must say). A new config must be added here, so that its name, header and settings are checked.
+EXPECTED = {
+    "coco_r50_class_agnostic": ("end_to_end", "coco", "class_agnostic", False, "voc",
+                                ("class-agnostic", "no mlp")),
+    "coco_r50_class_agnostic_mlp": ("end_to_end", "coco", "class_agnostic", True, "voc",
+                                    ("class-agnostic", "+ mlp")),
+    "coco_r50_nonvoc2voc": ("end_to_end", "coco", "transfer", True, "nonvoc",
+                            ("mask^x", "nonvoc→voc")),
+    "coco_r50_voc2nonvoc": ("end_to_end", "coco", "transfer", True, "voc",
+                            ("mask^x", "voc→nonvoc")),
+    "coco_r50_oracle": ("end_to_end", "coco", "class_specific", False, "all",
+                        ("oracle", "class-specific")),
+    "experiment_hue": ("end_to_end", "coco", "transfer", True, "mask_classes_A.txt",
+                       ("hue_ring", "mechanism")),
+    "experiment_synth": ("end_to_end", "coco", "transfer", True, "mask_classes_A.txt",
+                         ("synthetic", "experiment")),
+    "tiny_synth": ("end_to_end", "coco", "transfer", True, "mask_classes_A.txt",
+                   ("synthetic",)),
+    "vg3000_end_to_end": ("end_to_end", "vg+coco", "transfer", True, "all",
+                          ("end to end", "vg boxes", "coco", "masks")),
+    "vg3000_stage1": ("stage1", "vg", "transfer", True, "all", ("stage 1",)),
+    "vg3000_stage2": ("stage2", "coco_in_vg", "transfer", True, "all", ("stage 2",)),
+}  # fmt: skip
+
+
+def _header(path: Path) -> str:
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# "))
+    return " ".join(lines).lower()
+
+
+def test_every_config_is_declared():
+    assert sorted(p.stem for p in CONFIGS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_does_what_its_name_and_header_say(path):
+    cfg = load_config(path)
+    scheme, kind, predictor, mlp, mask_classes, words = EXPECTED[path.stem]
+    assert (cfg.train.scheme, cfg.data.kind) == (scheme, kind)
+    assert (cfg.model.mask_predictor, cfg.model.mlp) == (predictor, mlp)
+    assert cfg.data.mask_classes == mask_classes
+    header = _header(path)
+    for word in words:
+        assert word in header, f"{path.name}: the header does not say {word!r}"
+    # The name's promises: scheme, predictor and MLP.
+    name = path.stem
+    if "stage1" in name or "stage2" in name:
+        assert cfg.train.scheme == name[name.index("stage") :][:6]
+        assert f"stage {name[name.index('stage') + 5]}" in header
+    else:
+        assert cfg.train.scheme == "end_to_end"
+        assert "stage 2:" not in header and not header.startswith("stage")
+    # Only stage 2 starts from another run's checkpoint.
+    assert (cfg.train.init_checkpoint is not None) == (cfg.train.scheme == "stage2")
+    if "class_agnostic" in name:
+        assert cfg.model.mask_predictor == "class_agnostic"
+        assert cfg.model.mlp == name.endswith("_mlp")
+    if "oracle" in name:
+        assert cfg.model.mask_predictor == "class_specific" and cfg.data.mask_classes == "all"
+    if "end_to_end" in name:
+        assert cfg.data.kind == "vg+coco" and cfg.train.init_checkpoint is None
