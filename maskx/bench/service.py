@@ -159,6 +159,7 @@ def overhead_at_c1(
     params = SegmentParams() if score is None else SegmentParams(score_threshold=score)
     detections: list[int] = []
     server_inference: list[float] = []  # the server's own runtime call, same request
+    baseline_inference: list[float] = []  # the same, from the baseline server
 
     def in_process() -> None:
         pipeline.segment(data, params)
@@ -169,10 +170,12 @@ def overhead_at_c1(
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"POST /segment answered {response.status}: {body[:200]!r}")
+        answer = json.loads(body)
         if record:
-            answer = json.loads(body)
             detections.append(len(answer["detections"]))
             server_inference.append(answer["timing_ms"]["inference"])
+        else:
+            baseline_inference.append(answer["timing_ms"]["inference"])
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     calls = {"ort": bare, "pipeline": in_process, "http": lambda: over_http(conn, True)}
@@ -208,6 +211,12 @@ def overhead_at_c1(
             "http_baseline_p99_ms": _percentile(times["http_baseline"], 0.99),
             "per_round_ratio_baseline_p50": statistics.median(
                 h / o for h, o in zip(times["http_baseline"], times["ort"], strict=True)
+            ),
+            "same_request_overhead_baseline_p50_ms": statistics.median(
+                h - i
+                for h, i in zip(
+                    times["http_baseline"], baseline_inference[WARMUP_ROUNDS:], strict=True
+                )
             ),
         }
     return baseline | {
@@ -418,7 +427,9 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"baseline ({args.baseline_src}), same rounds: HTTP p50 {c1['http_baseline_p50_ms']:.2f}"
             f" ms, / bare ONNX Runtime p50 {base_ratio:.3f}; median of per-round ratios "
-            f"{c1['per_round_ratio_baseline_p50']:.3f}  |  this tree {ratio:.3f}"
+            f"{c1['per_round_ratio_baseline_p50']:.3f}  |  this tree {ratio:.3f}; same-request "
+            f"overhead p50 {c1['same_request_overhead_baseline_p50_ms']:.2f} ms  |  this tree "
+            f"{c1['same_request_overhead_p50_ms']:.2f} ms"
         )
     print(
         f"same request, HTTP / the server's own runtime call: p50 "
