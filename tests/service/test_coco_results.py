@@ -48,20 +48,20 @@ def _mask_ap(coco_gt: COCO, results: list[dict], *, use_cats: bool = True) -> fl
 def test_coco_format_over_http_scores_like_maskx_evaluate(
     trained_checkpoint: Path, synth_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import training.evaluation
+    from training import evaluation
     from training.evaluate_cli import run_evaluation
 
     annotations = synth_root / "annotations" / "instances_val.json"
     images = synth_root / "images" / "val"
     # maskx evaluate's own code path, keeping the results list it scores.
     captured: list[list[dict]] = []
-    scorer = training.evaluation.coco_evaluate
+    scorer = evaluation.coco_evaluate
 
     def keep(coco_gt, results, *args, **kwargs):  # type: ignore[no-untyped-def]
         captured.append(list(results))
         return scorer(coco_gt, results, *args, **kwargs)
 
-    monkeypatch.setattr(training.evaluation, "coco_evaluate", keep)
+    monkeypatch.setattr(evaluation, "coco_evaluate", keep)
     reference = run_evaluation(
         str(trained_checkpoint),
         str(annotations),
