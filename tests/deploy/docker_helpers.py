@@ -11,8 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-SAMPLE_IMAGE = ROOT / "service" / "static" / "samples" / "synth-1.png"
+from tests.deploy.helpers import DEPLOY, ROOT, SAMPLE_IMAGE, free_port, stop_process
+
 FIXTURE_CHECKPOINT = ROOT / "tests" / "fixtures" / "previous_layout" / "checkpoint.pt"
 # Image names of the tests, apart from the user's (maskx/...) so that a test never replaces them.
 TEST_PREFIX = "maskx-test"
@@ -117,12 +114,6 @@ def build_image(target: str, tag: str, *, timeout: float = 1800, **build_args: s
     return Built(tag, run([*args, str(ROOT)], timeout=timeout).stdout)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_ready(url: str, timeout_s: float, alive: Callable[[], str | None] | None = None) -> float:
     """Poll ``url/readyz`` until 200; returns the seconds it took. ``alive`` (optional) returns
     a failure message when the server has died."""
@@ -157,13 +148,7 @@ class HostWorker:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
+from tests.deploy.helpers import DEPLOY, ROOT, require_tool, run_tool
 
 BASE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"

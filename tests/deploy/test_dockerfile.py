@@ -23,8 +23,8 @@ from packaging.version import Version
 
 from maskx.cli import COMMANDS
 from service.settings import Settings
-from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
 from tests.deploy.docker_helpers import load_locks
+from tests.deploy.helpers import DEPLOY, ROOT, require_tool, run_tool
 
 LOCKS, extra_requirements = load_locks().LOCKS, load_locks().extra_requirements
 

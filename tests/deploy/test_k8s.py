@@ -11,7 +11,7 @@ import yaml
 
 from service.app import create_app
 from service.settings import Settings
-from tests.deploy.conftest import DEPLOY
+from tests.deploy.helpers import DEPLOY
 
 K8S = DEPLOY / "k8s"
 

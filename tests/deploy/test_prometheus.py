@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.deploy.conftest import DEPLOY, require_tool, run_tool
+from tests.deploy.helpers import DEPLOY, require_tool, run_tool
 
 PROM = DEPLOY / "prometheus"
 

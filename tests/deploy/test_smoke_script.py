@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.deploy.conftest import DEPLOY, ROOT, require_tool, run_tool
+from tests.deploy.helpers import DEPLOY, ROOT, require_tool, run_tool
 
 SMOKE = DEPLOY / "smoke.sh"
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.deploy.conftest import DEPLOY, SAMPLE_IMAGE, Worker
+from tests.deploy.helpers import DEPLOY, SAMPLE_IMAGE, Worker
 
 # A metric reference in PromQL: a maskx_* name, optionally followed by a {label matcher} set.
 # Recording-rule names (maskx:...) contain a colon and are not service metrics.
@@ -178,7 +178,7 @@ def test_torch_blocker_blocks_and_records(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.deploy.conftest import TORCH_BLOCKER
+    from tests.deploy.helpers import TORCH_BLOCKER
 
     report = tmp_path / "report.json"
     program = TORCH_BLOCKER + (

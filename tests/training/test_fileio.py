@@ -77,7 +77,7 @@ def test_exported_model_is_readable_by_another_user(tmp_path_factory) -> None:
     import torch
 
     from model import build_model
-    from tests.model.conftest import tiny_config
+    from tests.model.helpers import tiny_config
     from training.export.onnx_export import export_model
 
     # pytest's own temporary root is private to its user; another user needs a way in.
