@@ -6,6 +6,7 @@ once the model is wrapped in :class:`~training.export.adapter.ExportAdapter`.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -141,8 +142,6 @@ def export_model(
     """
     import onnx
 
-    if not isinstance(metadata, ModelMetadata):
-        metadata = ModelMetadata.from_dict(metadata, "export metadata")
     output = Path(output)
     if output.is_dir():
         raise ExportError(f"output {str(output)!r} is a directory; give a file path")
@@ -181,11 +180,16 @@ def export_model(
                 dynamo=False,
             )
         proto = onnx.load(tmp)
-        proto.doc_string = f"Mask^X R-CNN {metadata.name} {metadata.version}"
+        if isinstance(metadata, ModelMetadata):
+            name, version, text = metadata.name, metadata.version, metadata.to_json()
+        else:  # a plain dict (read back from a file, or partial in tests) is written as is
+            name, version = metadata.get("name"), metadata.get("version")
+            text = json.dumps(metadata, separators=(",", ":"))
+        proto.doc_string = f"Mask^X R-CNN {name} {version}"
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key = METADATA_KEY
-        entry.value = metadata.to_json()
+        entry.value = text
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
     return output
