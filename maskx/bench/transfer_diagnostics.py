@@ -30,12 +30,12 @@ def _rebuild_initial_model(run_folder: Path) -> Any:
     from model import build_model
     from training.config import TrainConfig
     from training.datasets.build import build_datasets
-    from training.trainer import prepare_model_config
+    from training.trainer import resolve_model_config
 
     cfg = TrainConfig.from_dict(yaml.safe_load((run_folder / "config.yaml").read_text()))
     torch.manual_seed(cfg.train.seed)
     _train, _val, vocab = build_datasets(cfg)
-    prepare_model_config(cfg, len(vocab))
+    cfg = resolve_model_config(cfg, len(vocab))
     return build_model(cfg.model), vocab
 
 
@@ -181,7 +181,9 @@ def kernel_ceiling(
     data = ckpt["train_config"]["data"]
     train_set = CocoDataset(root / data["train_annotations"], root / data["train_images"],
                             mask_classes=str(b_file))  # fmt: skip
-    loader = build_data_loader(train_set, batch_size, workers=0, shuffle=True, seed=0)
+    loader = build_data_loader(
+        train_set, min(batch_size, len(train_set)), workers=0, shuffle=True, seed=0
+    )
     for p in model.parameters():
         p.requires_grad_(False)
     conv = model.roi_heads.mask_predictor.mask_fcn_logits
