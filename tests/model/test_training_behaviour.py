@@ -10,13 +10,15 @@ from model import ConfigError, ModelConfig, build_model
 from .helpers import synthetic_batch, tiny_config
 
 # Losses of the seeded tiny model on the seeded batch (torch 2.14.1, CPU). A change here means
-# the model computes something else: check why before updating the numbers.
+# the model computes something else: check why before updating the numbers. Last update: the
+# authors' init of cls_score N(0, 0.01) / bbox_pred N(0, 0.001) starts the logits near zero, so
+# the classifier loss is ln(K + 1) = ln 11 = 2.398 and the box deltas (and their loss) near 0.
 GOLDEN = {
-    "loss_classifier": 2.276411,
-    "loss_box_reg": 0.015958,
-    "loss_mask": 0.701282,
-    "loss_objectness": 0.697628,
-    "loss_rpn_box_reg": 0.030199,
+    "loss_classifier": 2.402201,
+    "loss_box_reg": 0.000007,
+    "loss_mask": 0.699314,
+    "loss_objectness": 0.693429,
+    "loss_rpn_box_reg": 0.03192,
 }
 
 

@@ -58,7 +58,8 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Pat
     generate_dataset(tmp_path / "b", config, progress=False)
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert sorted(a) == sorted(b)
-    assert len(a) == 5 + 2 + 4  # images, 2 annotation files, A list, dataset.json
+    # images, 2 annotation files, A list, dataset.json, flip_map.json, class_attributes.json
+    assert len(a) == 5 + 2 + 6
     for name in a:
         assert a[name] == b[name], name
     generate_dataset(
