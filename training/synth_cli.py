@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from training.synth import FAMILIES, SynthConfig
 
@@ -78,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.synth import generate_dataset, render_preview
+    from training.synth import generate_dataset
 
     if args.preset == "hue_ring":
         return _hue_ring(args)
@@ -96,6 +98,33 @@ def main(args: argparse.Namespace) -> int:
         appearances=args.appearances,
         a_covers_appearances=args.a_covers_appearances,
     )
+    return _write(args, config, generate_dataset, lambda meta: "")
+
+
+def _hue_ring(args: argparse.Namespace) -> int:
+    from training.synth_hue import HueRingConfig, generate_hue_ring
+
+    sizes = {"num_classes": args.classes, "train_images": args.images,
+             "val_images": args.val_images, "image_size": args.image_size}  # fmt: skip
+    config = HueRingConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
+
+    def partners(meta: dict) -> str:
+        share = meta["val_share_with_partner_box_iou_ge_0.6"]
+        return f"; {100 * share:.0f} % of val instances have a partner box with IoU >= 0.6"
+
+    return _write(args, config, generate_hue_ring, partners, preset="hue_ring, ")
+
+
+def _write(
+    args: argparse.Namespace,
+    config: Any,
+    generate: Callable[..., dict],
+    extra: Callable[[dict], str],
+    preset: str = "",
+) -> int:
+    """Validate ``config``, refuse to overwrite unless asked, generate, preview, summarise."""
+    from training.synth import render_preview
+
     try:
         config.validate()
     except ValueError as exc:
@@ -108,42 +137,13 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    meta = generate_dataset(out, config, progress=not args.no_progress)
+    meta = generate(out, config, progress=not args.no_progress)
     if args.preview > 0 and config.train_images > 0:
         render_preview(out, out / "preview.png", n=args.preview)
     print(
-        f"wrote {out}: {meta['num_classes']} classes ({meta['num_mask_classes']} in A), "
+        f"wrote {out}: {preset}{meta['num_classes']} classes ({meta['num_mask_classes']} in A), "
         f"{meta['num_images']['train']} train / {meta['num_images']['val']} val images, "
         f"{meta['num_annotations']['train']} / {meta['num_annotations']['val']} instances"
-    )
-    return 0
-
-
-def _hue_ring(args: argparse.Namespace) -> int:
-    from training.synth import render_preview
-    from training.synth_hue import HueRingConfig, generate_hue_ring
-
-    sizes = {"num_classes": args.classes, "train_images": args.images,
-             "val_images": args.val_images, "image_size": args.image_size}  # fmt: skip
-    config = HueRingConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
-    try:
-        config.validate()
-    except ValueError as exc:
-        print(f"maskx synth: {exc}", file=sys.stderr)
-        return 2
-    out: Path = args.out
-    if (out / "dataset.json").exists() and not args.overwrite:
-        print(f"maskx synth: {out / 'dataset.json'} exists; pass --overwrite to replace it",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    meta = generate_hue_ring(out, config, progress=not args.no_progress)
-    if args.preview > 0 and config.train_images > 0:
-        render_preview(out, out / "preview.png", n=args.preview)
-    print(
-        f"wrote {out}: hue_ring, {meta['num_classes']} classes ({meta['num_mask_classes']} in A), "
-        f"{meta['num_images']['train']} train / {meta['num_images']['val']} val images, "
-        f"{meta['num_annotations']['train']} / {meta['num_annotations']['val']} instances; "
-        f"{100 * meta['val_share_with_partner_box_iou_ge_0.6']:.0f} % of val instances have a "
-        "partner box with IoU >= 0.6"
+        + extra(meta)
     )
     return 0
