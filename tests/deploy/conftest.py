@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.deploy.helpers import ROOT, TORCH_BLOCKER, Worker, free_port
+from tests.deploy.helpers import ROOT, TORCH_BLOCKER, Worker, free_port, worker_env
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +25,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     port = free_port()
     report = tmp / "torch_report.json"
     log = tmp / "worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKX_") and k != "PYTHONPATH"}
-    env.update(
-        MASKX_MODEL_PATH=str(model),
-        MASKX_HOST="127.0.0.1",
-        MASKX_PORT=str(port),
-        MASKX_PROVIDERS="cpu",
-        MASKX_LOG_LEVEL="warning",
-        PYTHONPATH=str(ROOT),
-    )
+    env = worker_env(model, port, PYTHONPATH=str(ROOT))
     program = TORCH_BLOCKER + "\nfrom maskx.cli import main\nsys.exit(main(['serve']))\n"
     with log.open("wb") as log_file:
         process = subprocess.Popen(

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.helpers import DEPLOY, ROOT, SAMPLE_IMAGE, free_port, stop_process
+from tests.deploy.helpers import DEPLOY, ROOT, SAMPLE_IMAGE, free_port, stop_process, worker_env
 
 FIXTURE_CHECKPOINT = ROOT / "tests" / "fixtures" / "previous_layout" / "checkpoint.pt"
 # Image names of the tests, apart from the user's (maskx/...) so that a test never replaces them.
@@ -155,15 +155,7 @@ class HostWorker:
 def host_worker(model: Path, log: Path, **settings: str) -> Iterator[HostWorker]:
     """``maskx serve`` on this host (the installed package) for ``model``."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKX_")}
-    env.update(
-        MASKX_MODEL_PATH=str(model),
-        MASKX_HOST="127.0.0.1",
-        MASKX_PORT=str(port),
-        MASKX_PROVIDERS="cpu",
-        MASKX_LOG_LEVEL="warning",
-        **settings,
-    )
+    env = worker_env(model, port, **settings)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

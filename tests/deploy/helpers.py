@@ -9,6 +9,7 @@ skipping them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -116,6 +117,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def worker_env(model: Path, port: int, **settings: str) -> dict[str, str]:
+    """This environment without ``MASKX_*`` variables, plus the settings of a loopback CPU
+    worker serving ``model`` on ``port`` (and ``settings``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MASKX_")}
+    env.update(
+        MASKX_MODEL_PATH=str(model),
+        MASKX_HOST="127.0.0.1",
+        MASKX_PORT=str(port),
+        MASKX_PROVIDERS="cpu",
+        MASKX_LOG_LEVEL="warning",
+        **settings,
+    )
+    return env
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
