@@ -37,7 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="shapes",
         help="shapes: classes = shape x appearance (the options below); hue_ring: 36 hue "
         "classes on random blobs with annotated partners, A = every third class (only "
-        "--classes, --images, --val-images, --image-size, --seed apply; docs/synthetic.md)",
+        "--classes, --images, --val-images, --image-size, --seed, --hue-offset apply; "
+        "docs/synthetic.md)",
+    )
+    parser.add_argument(
+        "--hue-offset",
+        type=float,
+        default=0.0,
+        help="hue_ring: shift every class's hue by this many class steps (0.5: classes halfway "
+        "between the default ones, a disjoint set for pretraining)",
     )
     parser.add_argument("--classes", type=int, help=f"number of classes K ({d.num_classes})")
     parser.add_argument("--images", type=int, help=f"training images ({d.train_images})")
@@ -106,7 +114,11 @@ def _hue_ring(args: argparse.Namespace) -> int:
 
     sizes = {"num_classes": args.classes, "train_images": args.images,
              "val_images": args.val_images, "image_size": args.image_size}  # fmt: skip
-    config = HueRingConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
+    config = HueRingConfig(
+        seed=args.seed,
+        hue_offset=args.hue_offset,
+        **{k: v for k, v in sizes.items() if v is not None},
+    )
 
     def partners(meta: dict) -> str:
         share = meta["val_share_with_partner_box_iou_ge_0.6"]

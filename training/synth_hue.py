@@ -63,6 +63,9 @@ class HueRingConfig:
     hue_jitter: float = 0.2
     """Hue noise of an instance, in class steps (uniform ±)."""
     a_every: int = 3
+    hue_offset: float = 0.0
+    """Shift of every class's hue, in class steps: 0.5 puts the classes halfway between those
+    of the default ring (a disjoint class set on the same attribute, for pretraining)."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -82,6 +85,8 @@ class HueRingConfig:
             raise ValueError(f"hue_jitter={self.hue_jitter}: must be in [0, 0.5)")
         if not 0.0 <= self.pair_probability <= 1.0:
             raise ValueError(f"pair_probability={self.pair_probability}: must be in [0, 1]")
+        if not 0.0 <= self.hue_offset < 1.0:
+            raise ValueError(f"hue_offset={self.hue_offset}: must be in [0, 1)")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,9 +94,14 @@ class HueRingConfig:
         }
 
 
+def class_hue(config: HueRingConfig, c: int) -> float:
+    """Class ``c``'s hue in degrees."""
+    return (c + config.hue_offset) * 360 / config.num_classes
+
+
 def class_names(config: HueRingConfig) -> list[str]:
     """``hue000`` .. : the hue in degrees, category-id order."""
-    return [f"hue{round(c * 360 / config.num_classes):03d}" for c in range(config.num_classes)]
+    return [f"hue{round(class_hue(config, c)):03d}" for c in range(config.num_classes)]
 
 
 def _blob(rng: np.random.Generator, size: int, config: HueRingConfig) -> np.ndarray | None:
@@ -196,7 +206,8 @@ def render_hue_image(
             else:
                 parts = [(first, blob)]
             for cls, mask in parts:
-                hue = (cls + rng.uniform(-config.hue_jitter, config.hue_jitter)) / k % 1.0
+                jitter = rng.uniform(-config.hue_jitter, config.hue_jitter)
+                hue = (cls + config.hue_offset + jitter) / k % 1.0
                 colour = _hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0))
                 _paint(image, mask, colour, HUE_TEXTURES[int(rng.integers(len(HUE_TEXTURES)))])
                 instances.append((cls, mask))
@@ -214,7 +225,7 @@ def generate_hue_ring(
     names = class_names(config)
     k = config.num_classes
     categories = [
-        {"id": c + 1, "name": names[c], "supercategory": "blob", "hue": c * 360 / k}
+        {"id": c + 1, "name": names[c], "supercategory": "blob", "hue": class_hue(config, c)}
         for c in range(k)
     ]
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -248,10 +259,8 @@ def generate_hue_ring(
         })  # fmt: skip
     a_names = [names[c] for c in range(0, k, config.a_every)]
     (out / "mask_classes_A.txt").write_text("\n".join(a_names) + "\n", encoding="utf-8")
-    vectors = [
-        [round(math.cos(2 * math.pi * c / k), 6), round(math.sin(2 * math.pi * c / k), 6)]
-        for c in range(k)
-    ]
+    angles = [math.radians(class_hue(config, c)) for c in range(k)]
+    vectors = [[round(math.cos(a), 6), round(math.sin(a), 6)] for a in angles]
     _write_json(out / "class_attributes.json", {
         "description": "per class [cos h, sin h] of its hue h (category-id order)",
         "names": names, "vectors": vectors,

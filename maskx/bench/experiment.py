@@ -114,15 +114,83 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
             "train.init_checkpoint={out}/stage1/seed{seed}/checkpoints/model_final.pt",
         ),
     ),
+    # Generic features first (the synthetic analogue of ImageNet pretraining): a Mask R-CNN
+    # trained with every mask on a disjoint class set C (``hue_ring`` only: the same ring with
+    # every hue shifted half a step, other images; OUT/data_c), then the A/B runs start their
+    # backbone (the ablation: backbone and mask head) from its checkpoint.
+    "pretrain_c": (
+        "pretraining on C (all masks)",
+        (
+            "data.root={out}/data_c",
+            "model.mask_predictor=class_specific",
+            "model.mlp=true",
+            "data.mask_classes=all",
+        ),
+    ),
+    **{
+        f"pretrained{tag}_{head}": (
+            f"{label}, {what} pretrained on C",
+            (
+                *base,
+                "train.init_checkpoint={out}/pretrain_c/seed{seed}/checkpoints/model_final.pt",
+                f"train.init_parts=[{parts}]",
+            ),
+        )
+        for tag, what, parts in (
+            ("", "backbone", "backbone"),
+            ("_head", "backbone + mask head", "backbone, mask_head"),
+        )
+        for head, label, base in (
+            (
+                "agnostic_mlp",
+                "class-agnostic + MLP",
+                ("model.mask_predictor=class_agnostic", "model.mlp=true"),
+            ),
+            (
+                "transfer",
+                "transfer",
+                ("model.mask_predictor=transfer", "model.mlp=false", "model.stop_gradient=true"),
+            ),
+            (
+                "transfer_mlp",
+                "transfer + MLP",
+                ("model.mask_predictor=transfer", "model.mlp=true", "model.stop_gradient=true"),
+            ),
+            (
+                "random_tau",
+                "random-vector τ + MLP",
+                ("model.mask_predictor=transfer", "model.mlp=true", "model.transfer_input=random"),
+            ),
+            (
+                "oracle",
+                "oracle (all masks)",
+                ("model.mask_predictor=class_specific", "model.mlp=true", "data.mask_classes=all"),
+            ),
+        )
+    },
 }
+# Variants that are a step towards others, not a row of the table (their metrics are on
+# another label set or have no mask branch to score).
+STEPS = ("stage1", "pretrain_c")
 # Display order (table, chart): baselines, Mask^X variants, controls, stage-wise, oracle.
 DISPLAY_ORDER = (
     "agnostic", "agnostic_mlp", "transfer", "transfer_mlp", "transfer_mlp_nostop",
     "transfer_mlp_torch_init", "random_tau", "attribute_tau", "stage1", "stagewise_agnostic_mlp", "stagewise_transfer_mlp",
-    "oracle",
+    "pretrain_c", "pretrained_agnostic_mlp", "pretrained_transfer", "pretrained_transfer_mlp",
+    "pretrained_head_agnostic_mlp", "pretrained_head_transfer", "pretrained_head_transfer_mlp",
+    "pretrained_random_tau", "pretrained_head_random_tau", "pretrained_head_oracle",
+    "pretrained_oracle", "oracle",
 )  # fmt: skip
 # A variant that needs another variant's run of the same seed finished first.
-DEPENDS = {"stagewise_transfer_mlp": "stage1", "stagewise_agnostic_mlp": "stage1"}
+DEPENDS = {"stagewise_transfer_mlp": "stage1", "stagewise_agnostic_mlp": "stage1",
+           **{v: "pretrain_c" for v in VARIANTS if v.startswith("pretrained")}}  # fmt: skip
+# The generic-features-first ablation as documented (the other pretrained_* variants exist
+# for completeness): both heads with the backbone from C, with backbone + mask head from C,
+# transfer without the MLP, the random-vector control and the oracle of the gap share.
+PRETRAINED_VARIANTS = ("pretrain_c", "pretrained_agnostic_mlp", "pretrained_transfer",
+                       "pretrained_transfer_mlp", "pretrained_random_tau",
+                       "pretrained_head_agnostic_mlp", "pretrained_head_transfer_mlp",
+                       "pretrained_oracle")  # fmt: skip
 # The variants of each preset when --variants is not given.
 PRESET_VARIANTS = {
     "main": ("agnostic", "oracle", "transfer_mlp", "transfer", "agnostic_mlp",
@@ -133,6 +201,10 @@ PRESET_VARIANTS = {
 PRESET_CONFIG = {"main": DEFAULT_CONFIG, "hue_ring": "configs/experiment_hue.yaml"}
 # Dataset of the mechanism experiment (training.synth_hue.HueRingConfig otherwise).
 HUE_DATA = {"classes": 36, "images": 1000, "val_images": 300, "image_size": 80}
+# The pretraining set C of the generic-features-first ablation: the hue ring shifted by half
+# a class step (hues 5°, 15°, …: no class of C is a class of A or B, jitter included), drawn
+# with another image seed.
+C_HUE_OFFSET, C_SEED = 0.5, 1
 HUE_QUICK = {"steps": 12, "batch_size": 4, "images": 40, "val_images": 16, "seeds": [0]}
 
 # (key in results, iou type, subset, statistic) read from each run's metrics.json.
@@ -167,6 +239,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="variants to run (default: the preset's)")  # fmt: skip
+    parser.add_argument("--generic-features-first", action="store_true",
+                        help="hue_ring: run the pretraining ablation instead of the preset's "
+                             f"variants ({', '.join(PRETRAINED_VARIANTS)}): a Mask R-CNN "
+                             "trained on a disjoint class set C, its backbone (and mask head) "
+                             "the start of the A/B runs")  # fmt: skip
     parser.add_argument("--steps", type=int,
                         help="solver.max_iter of every run (LR steps scale with it)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, help="solver.batch_size of every run")
@@ -308,15 +385,24 @@ def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------ data
-def ensure_hue_dataset(root: Path, params: dict[str, Any]) -> Path:
-    """Generate the ``hue_ring`` set in ``root`` unless it is there with the same sizes."""
+def ensure_hue_dataset(
+    root: Path, params: dict[str, Any], hue_offset: float = 0.0, seed: int = 0
+) -> Path:
+    """Generate the ``hue_ring`` set in ``root`` unless it is there with the same parameters.
+
+    ``hue_offset`` and ``seed`` make the pretraining set C: other classes on the same ring
+    (hues shifted by that many class steps) in other images."""
     from training.synth_hue import HueRingConfig, generate_hue_ring
 
     cfg = HueRingConfig(num_classes=params["classes"], train_images=params["images"],
-                        val_images=params["val_images"], image_size=params["image_size"])  # fmt: skip
+                        val_images=params["val_images"], image_size=params["image_size"],
+                        hue_offset=hue_offset, seed=seed)  # fmt: skip
     meta_path = root / "dataset.json"
     if meta_path.is_file():
-        have = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
+        # Sets made before hue_offset existed had none.
+        have = {"hue_offset": 0.0} | json.loads(meta_path.read_text(encoding="utf-8")).get(
+            "config", {}
+        )
         diff = {k: (have.get(k), v) for k, v in cfg.to_json().items() if have.get(k) != v}
         if diff:
             raise ValueError(
@@ -585,12 +671,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def gap_share(
-    summary: dict[str, dict[str, Any]], model: str, baseline: str, key: str = "mask_AP_B"
+    summary: dict[str, dict[str, Any]],
+    model: str,
+    baseline: str,
+    key: str = "mask_AP_B",
+    oracle: str = "oracle",
 ) -> float | None:
     """``(model − baseline) / (oracle − baseline)`` of the mean ``key``; None when a term is
     missing or the oracle does not beat the baseline (no gap to close)."""
     try:
-        m, b, o = (summary[v][key]["mean"] for v in (model, baseline, "oracle"))
+        m, b, o = (summary[v][key]["mean"] for v in (model, baseline, oracle))
     except KeyError:
         return None
     if m is None or b is None or o is None or o - b <= 0:
@@ -810,7 +900,9 @@ def main(args: argparse.Namespace) -> int:
     steps, batch_size, seeds = args.steps, args.batch_size, list(args.seeds)
     hue = args.preset == "hue_ring"
     args.config = args.config or PRESET_CONFIG[args.preset]
-    args.variants = list(args.variants or PRESET_VARIANTS[args.preset])
+    if args.generic_features_first:
+        args.variants = [*PRETRAINED_VARIANTS, *(args.variants or [])]
+    args.variants = list(dict.fromkeys(args.variants or PRESET_VARIANTS[args.preset]))
     data = dict(HUE_DATA if hue else FULL_DATA)
     if args.quick:
         quick = HUE_QUICK if hue else QUICK
@@ -829,6 +921,10 @@ def main(args: argparse.Namespace) -> int:
     try:  # misconfiguration fails here, before hours of training
         make = ensure_hue_dataset if hue else ensure_dataset
         root = args.data_root or make(out / "data", data)
+        if "pretrain_c" in args.variants:
+            if not hue:
+                raise ValueError("pretrain_c (generic features first) needs --preset hue_ring")
+            ensure_hue_dataset(out / "data_c", data, hue_offset=C_HUE_OFFSET, seed=C_SEED)
         if not (root / "annotations").is_dir():
             raise ValueError(f"--data-root {root} holds no synthetic set (no annotations/)")
         common = [f"data.root={root}", *budget_overrides(steps, batch_size), *args.overrides]
@@ -852,13 +948,17 @@ def main(args: argparse.Namespace) -> int:
     for r in runs:
         if (
             r.done
+            and r.variant not in STEPS
             and "data.mask_classes=all" in r.overrides
             and not (r.folder / SPLIT_METRICS).is_file()
         ):
             print(f"  {r.variant}/seed{r.seed}: scoring on the A/B split ...", flush=True)
             evaluate_on_split(r, root)
-    done = [r for r in runs if r.done and r.variant != "stage1"]
+    done = [r for r in runs if r.done and r.variant not in STEPS]
     rows = [row for r in done if (row := read_run(r)) is not None]
+    # The steps' own scores (stage 1: boxes on the A/B set; pretraining: C's validation set).
+    step_rows = [row for r in runs if r.done and r.variant in STEPS
+                 and (row := read_run(r)) is not None]  # fmt: skip
     if args.probe_shape_kernels:
         for r, row in zip(done, rows, strict=True):
             if r.variant.startswith("transfer"):
@@ -871,6 +971,7 @@ def main(args: argparse.Namespace) -> int:
                           f"{row[PROBE_KEY]} with same-shape A kernels")  # fmt: skip
     if args.transfer_diagnostics:
         from maskx.bench.transfer_diagnostics import (
+            hue_neighbour_share,
             kernel_ceiling,
             ridge_tau,
             row_drift,
@@ -894,11 +995,20 @@ def main(args: argparse.Namespace) -> int:
             if not r.variant.startswith("stage"):
                 row["w_det_row_drift"] = cached(r, "row_drift", row_drift, r.folder, root)
                 print(f"  {r.variant}/seed{r.seed}: w_det row drift {row['w_det_row_drift']}")
-            if r.variant == "oracle":
+            if hue and not r.variant.startswith("stage"):
+                row["hue_neighbour_share"] = cached(
+                    r, "hue_neighbours", hue_neighbour_share, r.folder, root
+                )
+                print(f"  {r.variant}/seed{r.seed}: B classes whose nearest A class in w_det is "
+                      f"a ring neighbour {row['hue_neighbour_share']}")  # fmt: skip
+            if r.variant in ("oracle", "pretrained_oracle"):
                 row["ridge_tau"] = cached(r, "ridge_tau", ridge_tau, r.folder, root)
                 row["ridge_tau_mask_AP_B"] = row["ridge_tau"].get("true_box_mask_AP_B")
                 print(f"  {r.variant}/seed{r.seed}: ridge τ {row['ridge_tau']}", flush=True)
-            if r.variant in ("transfer_mlp", "transfer"):
+            if r.variant.removeprefix("pretrained_").removeprefix("head_") in (
+                "transfer_mlp",
+                "transfer",
+            ):
                 row["ceiling"] = cached(
                     r, f"ceiling_{args.ceiling_steps}", kernel_ceiling, r.folder, root,
                     steps=args.ceiling_steps,
@@ -917,6 +1027,7 @@ def main(args: argparse.Namespace) -> int:
                               (PROBE_KEY, args.probe_shape_kernels),
                               ("w_det_row_drift", args.transfer_diagnostics),
                               ("ridge_tau", args.transfer_diagnostics),
+                              ("hue_neighbour_share", args.transfer_diagnostics),
                               ("ceiling", args.transfer_diagnostics),
                               *((k, args.transfer_diagnostics) for k in DIAGNOSTIC_KEYS)) if not ran],
     )  # fmt: skip
@@ -930,7 +1041,29 @@ def main(args: argparse.Namespace) -> int:
         "stagewise_transfer_mlp_vs_stagewise_agnostic_mlp": gap_share(
             summary, "stagewise_transfer_mlp", "stagewise_agnostic_mlp"
         ),
+        "pretrained_transfer_mlp_vs_pretrained_agnostic_mlp": gap_share(
+            summary,
+            "pretrained_transfer_mlp",
+            "pretrained_agnostic_mlp",
+            oracle="pretrained_oracle",
+        ),
     }
+    # The same shares with every true box given (the mask branch alone).
+    if any("true_box_mask_AP_B" in e for e in summary.values()):
+        for name, (model_v, base_v, oracle_v) in {
+            "transfer_mlp_vs_agnostic_mlp": ("transfer_mlp", "agnostic_mlp", "oracle"),
+            "transfer_vs_agnostic": ("transfer", "agnostic", "oracle"),
+            "random_tau_vs_agnostic_mlp": ("random_tau", "agnostic_mlp", "oracle"),
+            "pretrained_transfer_mlp_vs_pretrained_agnostic_mlp": (
+                "pretrained_transfer_mlp", "pretrained_agnostic_mlp", "pretrained_oracle"),
+            "pretrained_transfer_vs_pretrained_agnostic_mlp": (
+                "pretrained_transfer", "pretrained_agnostic_mlp", "pretrained_oracle"),
+            "pretrained_random_tau_vs_pretrained_agnostic_mlp": (
+                "pretrained_random_tau", "pretrained_agnostic_mlp", "pretrained_oracle"),
+        }.items():  # fmt: skip
+            shares[f"true_boxes_{name}"] = gap_share(
+                summary, model_v, base_v, "true_box_mask_AP_B", oracle_v
+            )
     dataset_meta = None
     if (root / "dataset.json").is_file():
         dataset_meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
@@ -943,6 +1076,7 @@ def main(args: argparse.Namespace) -> int:
         "budget": budget,
         "dataset": {"root": str(root), **({"generator": dataset_meta} if dataset_meta else {})},
         "runs": rows,
+        "step_runs": step_rows,
         "summary": summary,
         "gap_share_mask_AP_B": shares,
         "missing_runs": [f"{r.variant}/seed{r.seed}" for r in runs if not r.done],
