@@ -47,17 +47,29 @@ def test_every_variant_builds_a_valid_config() -> None:
         cfg = load_config(experiment.DEFAULT_CONFIG, filled)
         m = cfg.model
         seen.add((m.mask_predictor, m.mlp, m.stop_gradient, cfg.data.mask_classes,
-                  m.transfer_input, m.head_init, cfg.train.scheme))  # fmt: skip
+                  m.transfer_input, m.head_init, cfg.train.scheme, cfg.train.init_parts,
+                  cfg.data.root))  # fmt: skip
         # Identical budget: the variants may only touch the mask predictor, τ's input, the
-        # head init, the mask set and the scheme (with the stage-1 checkpoint).
-        assert {o.split("=")[0] for o in overrides} <= {
+        # head init, the mask set, the scheme and the checkpoint they start from; only the
+        # pretraining step trains on other data (the disjoint set C).
+        allowed = {
             "model.mask_predictor", "model.mlp", "model.stop_gradient", "data.mask_classes",
             "model.transfer_input", "model.class_vectors", "model.head_init", "train.scheme",
-            "train.init_checkpoint",
-        }, name  # fmt: skip
+            "train.init_checkpoint", "train.init_parts",
+        }  # fmt: skip
+        if name == "pretrain_c":
+            allowed.add("data.root")
+            assert cfg.data.root == "/o/data_c" and cfg.data.mask_classes == "all"
+        assert {o.split("=")[0] for o in overrides} <= allowed, name
         if cfg.train.scheme == "stage2":
             assert cfg.train.init_checkpoint == "/o/stage1/seed0/checkpoints/model_final.pt"
             assert experiment.DEPENDS[name] == "stage1"
+        if name.startswith("pretrained"):
+            assert cfg.train.init_checkpoint == "/o/pretrain_c/seed0/checkpoints/model_final.pt"
+            assert experiment.DEPENDS[name] == "pretrain_c"
+            head = name.startswith("pretrained_head_")
+            assert cfg.train.init_parts == (("backbone", "mask_head") if head else ("backbone",))
+            assert cfg.train.scheme == "end_to_end"
     assert len(seen) == len(experiment.VARIANTS)
 
 
