@@ -129,7 +129,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     **{
         f"pretrained{tag}_{head}": (
-            f"{label}, {what} pretrained on C",
+            f"{label} ({what} from C)",
             (
                 *base,
                 "train.init_checkpoint={out}/pretrain_c/seed{seed}/checkpoints/model_final.pt",
@@ -138,7 +138,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         )
         for tag, what, parts in (
             ("", "backbone", "backbone"),
-            ("_head", "backbone + mask head", "backbone, mask_head"),
+            ("_head", "backbone + head", "backbone, mask_head"),
         )
         for head, label, base in (
             (
@@ -745,7 +745,7 @@ def plot_chart(
 
     b_mean, b_std = series(keys[0])
     a_mean, a_std = series(keys[1])
-    fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(names)), 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.3 * len(names)), 4.8), dpi=110)
     w = 0.38
     ax.bar([i - w / 2 for i in x], b_mean, w, yerr=b_std, capsize=4, color="#1f77b4",
            label=f"{what} on B (no masks in training)")  # fmt: skip
@@ -753,7 +753,9 @@ def plot_chart(
            label=f"{what} on A")  # fmt: skip
     for i, m, sd in zip(x, b_mean, b_std, strict=True):  # above the error bar, not on it
         ax.text(i - w / 2, m + sd + 0.4, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
-    labels = [summary[n]["label"].replace(", ", ",\n").replace(" + ", "\n+ ") for n in names]
+    import textwrap
+
+    labels = [textwrap.fill(summary[n]["label"], 16, break_on_hyphens=False) for n in names]
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_title(title, fontsize=10)
