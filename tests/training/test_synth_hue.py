@@ -84,3 +84,23 @@ def test_shifted_ring_attributes_follow_the_hues(tmp_path: Path) -> None:
 def test_hue_offset_out_of_range_is_refused(offset: float) -> None:
     with pytest.raises(ValueError, match="hue_offset"):
         HueRingConfig(hue_offset=offset).validate()
+
+
+def test_cli_hue_offset_writes_the_shifted_ring_and_refuses_a_bad_one(
+    tmp_path: Path, capsys
+) -> None:
+    from maskx.cli import main as cli_main
+
+    out = tmp_path / "c"
+    argv = ["synth", "--preset", "hue_ring", "--out", str(out), "--images", "2",
+            "--val-images", "1", "--hue-offset", "0.5", "--seed", "1", "--preview", "0",
+            "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["config"]["hue_offset"] == 0.5 and meta["config"]["seed"] == 1
+    names = [c["name"] for c in json.loads(
+        (out / "annotations" / "instances_val.json").read_text())["categories"]]  # fmt: skip
+    assert names[:2] == ["hue005", "hue015"]
+    bad = ["synth", "--preset", "hue_ring", "--out", str(tmp_path / "x"), "--hue-offset", "1.5"]
+    assert cli_main(bad) == 2
+    assert "hue_offset=1.5" in capsys.readouterr().err
