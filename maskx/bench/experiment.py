@@ -127,11 +127,14 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
             "data.mask_classes=all",
         ),
     ),
-    **{
+}
+# The A/B runs that start from pretrain_c: a base variant's overrides plus the parts it takes.
+VARIANTS.update(
+    {
         f"pretrained{tag}_{head}": (
-            f"{label} ({what} from C)",
+            f"{VARIANTS[head][0]} ({what} from C)",
             (
-                *base,
+                *VARIANTS[head][1],
                 "train.init_checkpoint={out}/pretrain_c/seed{seed}/checkpoints/model_final.pt",
                 f"train.init_parts=[{parts}]",
             ),
@@ -140,35 +143,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
             ("", "backbone", "backbone"),
             ("_head", "backbone + head", "backbone, mask_head"),
         )
-        for head, label, base in (
-            (
-                "agnostic_mlp",
-                "class-agnostic + MLP",
-                ("model.mask_predictor=class_agnostic", "model.mlp=true"),
-            ),
-            (
-                "transfer",
-                "transfer",
-                ("model.mask_predictor=transfer", "model.mlp=false", "model.stop_gradient=true"),
-            ),
-            (
-                "transfer_mlp",
-                "transfer + MLP",
-                ("model.mask_predictor=transfer", "model.mlp=true", "model.stop_gradient=true"),
-            ),
-            (
-                "random_tau",
-                "random-vector τ + MLP",
-                ("model.mask_predictor=transfer", "model.mlp=true", "model.transfer_input=random"),
-            ),
-            (
-                "oracle",
-                "oracle (all masks)",
-                ("model.mask_predictor=class_specific", "model.mlp=true", "data.mask_classes=all"),
-            ),
-        )
-    },
-}
+        for head in ("agnostic_mlp", "transfer", "transfer_mlp", "random_tau", "oracle")
+    }
+)
 # Variants that are a step towards others, not a row of the table (their metrics are on
 # another label set or have no mask branch to score).
 STEPS = ("stage1", "pretrain_c")
