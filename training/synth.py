@@ -120,6 +120,10 @@ class SynthConfig:
     appearances: int = 0
     # The A split also covers every appearance in use (where its budget allows).
     a_covers_appearances: bool = False
+    # 0: the default class table; k > 0: the k-th table disjoint from table 0 and from each
+    # other (same shapes and palette, other colour x texture per shape) drawn in images of its
+    # own: a pretraining set C of classes that are none of A and B.
+    class_set: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -141,6 +145,16 @@ class SynthConfig:
                 f"num_classes={self.num_classes}: must be between the number of families "
                 f"({len(self.families)}) and families x 2 variants x {per_shape} appearances "
                 f"({capacity})"
+            )
+        if self.class_set < 0:
+            raise ValueError(f"class_set={self.class_set}: must be >= 0")
+        # Each table takes ceil(num_classes / shapes) appearances of every shape's order.
+        per_table = -(-self.num_classes // (len(self.families) * 2))
+        if (self.class_set + 1) * per_table > per_shape:
+            raise ValueError(
+                f"class_set={self.class_set}: {self.num_classes} classes take {per_table} "
+                f"appearances per shape, so only tables 0..{per_shape // per_table - 1} are "
+                f"disjoint ({per_shape} appearances per shape)"
             )
         if self.train_images < 0 or self.val_images < 0:
             raise ValueError(
@@ -209,7 +223,9 @@ def make_classes(config: SynthConfig) -> list[SynthClass]:
         subset = np.random.default_rng([config.seed, 3]).permutation(len(appearances))
         appearances = [appearances[i] for i in sorted(subset[: config.appearances].tolist())]
         orders = {s: rng.permutation(len(appearances)).tolist() for s in shapes}
-    counts = dict.fromkeys(shapes, 0)
+    # Table k starts each shape's order after the appearances tables 0..k-1 take.
+    per_table = -(-config.num_classes // len(shapes))
+    counts = dict.fromkeys(shapes, config.class_set * per_table)
     classes: list[SynthClass] = []
     for i in range(config.num_classes):
         shape = shapes[i % len(shapes)]
@@ -687,9 +703,11 @@ def render_image(
 # Dataset writing
 
 
-def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    # One stream per image: images do not depend on each other or on how many are made.
-    return np.random.default_rng([seed, 1000 + SPLITS.index(split), index])
+def _image_rng(seed: int, split: str, index: int, class_set: int = 0) -> np.random.Generator:
+    # One stream per image: images do not depend on each other or on how many are made. Another
+    # class table draws other images (table 0 keeps the streams it always had).
+    key = [seed, 1000 + SPLITS.index(split), index]
+    return np.random.default_rng([*key, 2000 + class_set] if class_set else key)
 
 
 def _annotations(
@@ -757,7 +775,7 @@ def generate_dataset(
         for index in range(counts[split]):
             image_id = index + 1
             pixels, instances = render_image(
-                _image_rng(config.seed, split, index), config, classes, shapes
+                _image_rng(config.seed, split, index, config.class_set), config, classes, shapes
             )
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)

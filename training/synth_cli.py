@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="choose split A to cover every appearance in use as well as every shape",
     )
+    parser.add_argument(
+        "--class-set",
+        type=int,
+        default=d.class_set,
+        help="shapes preset: 0 the default class table; k > 0 the k-th table with none of "
+        "table 0's classes (same shapes and palette), in other images: a pretraining set",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
         "--preview", type=int, default=16, help="images in DIR/preview.png (0: no preview)"
@@ -105,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
         a_fraction=args.a_fraction,
         appearances=args.appearances,
         a_covers_appearances=args.a_covers_appearances,
+        class_set=args.class_set,
     )
     return _write(args, config, generate_dataset, lambda meta: "")
 

@@ -115,8 +115,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     # Generic features first (the synthetic analogue of ImageNet pretraining): a Mask R-CNN
-    # trained with every mask on a disjoint class set C (``hue_ring`` only: the same ring with
-    # every hue shifted half a step, other images; OUT/data_c), then the A/B runs start their
+    # trained with every mask on a disjoint class set C (OUT/data_c: on ``hue_ring`` the same
+    # ring with every hue shifted half a step, on the shapes preset the generator's next class
+    # table; other images), then the A/B runs start their
     # backbone (the ablation: backbone and mask head) from its checkpoint.
     "pretrain_c": (
         "pretraining on C (all masks)",
@@ -198,6 +199,9 @@ HUE_DATA = {"classes": 36, "images": 1000, "val_images": 300, "image_size": 80}
 # a class step (hues 5°, 15°, …: no class of C is a class of A or B, jitter included), drawn
 # with another image seed.
 C_HUE_OFFSET, C_SEED = 0.5, 1
+# On the shapes preset: the generator's class table 1 (same shapes and palette, none of the A/B
+# set's shape x colour x texture classes), in images of its own.
+C_CLASS_SET = 1
 HUE_QUICK = {"steps": 12, "batch_size": 4, "images": 40, "val_images": 16, "seeds": [0]}
 
 # (key in results, iou type, subset, statistic) read from each run's metrics.json.
@@ -233,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="variants to run (default: the preset's)")  # fmt: skip
     parser.add_argument("--generic-features-first", action="store_true",
-                        help="hue_ring: run the pretraining ablation instead of the preset's "
+                        help="run the pretraining ablation instead of the preset's "
                              f"variants ({', '.join(PRETRAINED_VARIANTS)}): a Mask R-CNN "
                              "trained on a disjoint class set C, its backbone (and mask head) "
                              "the start of the A/B runs")  # fmt: skip
@@ -408,8 +412,11 @@ def ensure_hue_dataset(
     return root
 
 
-def ensure_dataset(root: Path, params: dict[str, Any]) -> Path:
-    """Generate the synthetic set in ``root`` unless it is there with the same parameters."""
+def ensure_dataset(root: Path, params: dict[str, Any], class_set: int = 0) -> Path:
+    """Generate the synthetic set in ``root`` unless it is there with the same parameters.
+
+    ``class_set`` k > 0 makes the pretraining set C: the generator's k-th class table, none of
+    whose classes is in table 0 (the A/B set), in other images."""
     from training.synth import SynthConfig, generate_dataset
 
     meta_path = root / "dataset.json"
@@ -423,9 +430,11 @@ def ensure_dataset(root: Path, params: dict[str, Any]) -> Path:
             "image_size": params["image_size"],
             "appearances": params.get("appearances", 0),
             "a_covers_appearances": params.get("a_covers_appearances", False),
+            "class_set": class_set,
         }
-        # Sets made before these fields existed used every appearance, A by shape only.
-        have = {"appearances": 0, "a_covers_appearances": False} | have
+        # Sets made before these fields existed used every appearance, A by shape only, and
+        # the default class table.
+        have = {"appearances": 0, "a_covers_appearances": False, "class_set": 0} | have
         diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
         if diff:
             raise ValueError(
@@ -440,6 +449,7 @@ def ensure_dataset(root: Path, params: dict[str, Any]) -> Path:
         image_size=params["image_size"],
         appearances=params.get("appearances", 0),
         a_covers_appearances=params.get("a_covers_appearances", False),
+        class_set=class_set,
     )
     print(f"generating the synthetic set in {root} ...", flush=True)
     generate_dataset(root, cfg, progress=False)
@@ -917,9 +927,15 @@ def main(args: argparse.Namespace) -> int:
         make = ensure_hue_dataset if hue else ensure_dataset
         root = args.data_root or make(out / "data", data)
         if "pretrain_c" in args.variants:
-            if not hue:
-                raise ValueError("pretrain_c (generic features first) needs --preset hue_ring")
-            ensure_hue_dataset(out / "data_c", data, hue_offset=C_HUE_OFFSET, seed=C_SEED)
+            if hue:
+                ensure_hue_dataset(out / "data_c", data, hue_offset=C_HUE_OFFSET, seed=C_SEED)
+            elif args.data_root:
+                raise ValueError(
+                    "pretrain_c on the shapes preset builds C as the class table disjoint from "
+                    "the set it generates; with --data-root it cannot know that set's classes"
+                )
+            else:
+                ensure_dataset(out / "data_c", data, class_set=C_CLASS_SET)
         if not (root / "annotations").is_dir():
             raise ValueError(f"--data-root {root} holds no synthetic set (no annotations/)")
         common = [f"data.root={root}", *budget_overrides(steps, batch_size), *args.overrides]

@@ -315,8 +315,31 @@ def test_generic_features_first_pretrains_on_a_disjoint_ring_and_starts_from_it(
     assert distance(backbone_only, "roi_heads.box_head.") > 0.05
 
 
-def test_pretraining_on_c_is_refused_on_the_shapes_preset(tmp_path: Path, capsys) -> None:
+def test_pretraining_on_the_shapes_preset_builds_a_disjoint_class_table(tmp_path: Path) -> None:
+    """On the shapes preset C is the generator's class table 1: the same shapes and palette,
+    none of the A/B set's classes, other images."""
+    out = tmp_path / "x"
+    argv = ["--quick", "--out", str(out), "--images", "3", "--val-images", "2", "--no-train",
+            "--variants", "pretrain_c", "pretrained_agnostic_mlp"]  # fmt: skip
+    assert experiment.main(parse(argv)) == 0
+
+    def categories(folder: str) -> list[dict]:
+        path = out / folder / "annotations" / "instances_train.json"
+        return json.loads(path.read_text())["categories"]
+
+    c, ab = categories("data_c"), categories("data")
+    assert len(c) == len(ab) == 100
+    assert not {x["name"] for x in c} & {x["name"] for x in ab}
+    shapes = {x["name"].rsplit("-", 2)[0] for x in ab}
+    assert {x["name"].rsplit("-", 2)[0] for x in c} == shapes
+    meta = json.loads((out / "data_c" / "dataset.json").read_text())
+    assert meta["config"]["class_set"] == 1
+    first = out / "data" / "images" / "train" / "000001.png"
+    assert first.read_bytes() != (out / "data_c" / "images" / "train" / "000001.png").read_bytes()
+
+
+def test_pretraining_on_shapes_with_a_data_root_is_refused(tmp_path: Path, capsys) -> None:
     argv = ["--out", str(tmp_path / "x"), "--data-root", str(tmp_path), "--variants",
             "pretrain_c", "pretrained_agnostic_mlp", "--no-train"]  # fmt: skip
     assert experiment.main(parse(argv)) == 2
-    assert "hue_ring" in capsys.readouterr().err
+    assert "--data-root" in capsys.readouterr().err

@@ -16,8 +16,10 @@ from pycocotools.coco import COCO
 
 from maskx.cli import main as cli_main
 from training.synth import (
+    COLOURS,
     FAMILIES,
     FAMILY_VARIANTS,
+    TEXTURES,
     SynthConfig,
     canonical_shape,
     choose_mask_classes,
@@ -266,6 +268,23 @@ def test_families_option_restricts_the_classes(tmp_path: Path) -> None:
     classes = make_classes(config)
     assert {c.family for c in classes} == {"disk", "ring"}
     assert len({c.name for c in classes}) == 8
+
+
+def test_class_sets_are_disjoint_tables_of_the_same_shapes_and_palette() -> None:
+    """Table 1 (a pretraining set C) has none of table 0's classes but every one of its shapes;
+    table 0 is the default table unchanged; a table past the palette is refused by name."""
+    default = make_classes(SynthConfig(num_classes=100))
+    assert make_classes(SynthConfig(num_classes=100, class_set=0)) == default
+    c = make_classes(SynthConfig(num_classes=100, class_set=1))
+    assert len(c) == 100 and not {x.name for x in c} & {x.name for x in default}
+    assert {x.shape for x in c} == {x.shape for x in default}
+    assert {x.colour for x in c} <= set(COLOURS) and {x.texture for x in c} <= set(TEXTURES)
+    # 100 classes over 24 shapes take 5 of each shape's 40 appearances: tables 0..7.
+    SynthConfig(num_classes=100, class_set=7).validate()
+    with pytest.raises(ValueError, match="class_set"):
+        SynthConfig(num_classes=100, class_set=8).validate()
+    with pytest.raises(ValueError, match="class_set"):
+        SynthConfig(class_set=-1).validate()
 
 
 @pytest.mark.parametrize(
