@@ -148,8 +148,7 @@ class SynthConfig:
             )
         if self.class_set < 0:
             raise ValueError(f"class_set={self.class_set}: must be >= 0")
-        # Each table takes ceil(num_classes / shapes) appearances of every shape's order.
-        per_table = -(-self.num_classes // (len(self.families) * 2))
+        per_table = self.appearances_per_table
         if (self.class_set + 1) * per_table > per_shape:
             raise ValueError(
                 f"class_set={self.class_set}: {self.num_classes} classes take {per_table} "
@@ -174,6 +173,12 @@ class SynthConfig:
             raise ValueError(f"object_size={self.object_size}: need 0 < low <= high <= 1")
         if not 0.0 < self.min_visible_fraction <= 1.0:
             raise ValueError(f"min_visible_fraction={self.min_visible_fraction}: must be in (0, 1]")
+
+    @property
+    def appearances_per_table(self) -> int:
+        """How many appearances of every shape's order one class table takes: the classes are
+        dealt round-robin over the shapes (families x 2 variants), ceil(num_classes / shapes)."""
+        return -(-self.num_classes // (len(self.families) * 2))
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.as_dict().items()}
@@ -224,8 +229,7 @@ def make_classes(config: SynthConfig) -> list[SynthClass]:
         appearances = [appearances[i] for i in sorted(subset[: config.appearances].tolist())]
         orders = {s: rng.permutation(len(appearances)).tolist() for s in shapes}
     # Table k starts each shape's order after the appearances tables 0..k-1 take.
-    per_table = -(-config.num_classes // len(shapes))
-    counts = dict.fromkeys(shapes, config.class_set * per_table)
+    counts = dict.fromkeys(shapes, config.class_set * config.appearances_per_table)
     classes: list[SynthClass] = []
     for i in range(config.num_classes):
         shape = shapes[i % len(shapes)]

@@ -34,6 +34,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -419,19 +420,20 @@ def ensure_dataset(root: Path, params: dict[str, Any], class_set: int = 0) -> Pa
     whose classes is in table 0 (the A/B set), in other images."""
     from training.synth import SynthConfig, generate_dataset
 
+    cfg = SynthConfig(
+        num_classes=params["classes"],
+        train_images=params["images"],
+        val_images=params["val_images"],
+        image_size=params["image_size"],
+        appearances=params.get("appearances", 0),
+        a_covers_appearances=params.get("a_covers_appearances", False),
+        class_set=class_set,
+    )
     meta_path = root / "dataset.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        have = meta.get("config", {})
-        wanted = {
-            "num_classes": params["classes"],
-            "train_images": params["images"],
-            "val_images": params["val_images"],
-            "image_size": params["image_size"],
-            "appearances": params.get("appearances", 0),
-            "a_covers_appearances": params.get("a_covers_appearances", False),
-            "class_set": class_set,
-        }
+        have = json.loads(meta_path.read_text(encoding="utf-8")).get("config", {})
+        wanted = {k: getattr(cfg, k) for k in ("num_classes", "train_images", "val_images",
+                  "image_size", "appearances", "a_covers_appearances", "class_set")}  # fmt: skip
         # Sets made before these fields existed used every appearance, A by shape only, and
         # the default class table.
         have = {"appearances": 0, "a_covers_appearances": False, "class_set": 0} | have
@@ -442,15 +444,6 @@ def ensure_dataset(root: Path, params: dict[str, Any], class_set: int = 0) -> Pa
                 f"(have, wanted): {diff}; choose another --out or pass --data-root"
             )
         return root
-    cfg = SynthConfig(
-        num_classes=params["classes"],
-        train_images=params["images"],
-        val_images=params["val_images"],
-        image_size=params["image_size"],
-        appearances=params.get("appearances", 0),
-        a_covers_appearances=params.get("a_covers_appearances", False),
-        class_set=class_set,
-    )
     print(f"generating the synthetic set in {root} ...", flush=True)
     generate_dataset(root, cfg, progress=False)
     return root
@@ -756,8 +749,6 @@ def plot_chart(
            label=f"{what} on A")  # fmt: skip
     for i, m, sd in zip(x, b_mean, b_std, strict=True):  # above the error bar, not on it
         ax.text(i - w / 2, m + sd + 0.4, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
-    import textwrap
-
     labels = [textwrap.fill(summary[n]["label"], 16, break_on_hyphens=False) for n in names]
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("AP (%)")
