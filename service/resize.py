@@ -8,8 +8,9 @@ A model's rule is its metadata's ``resize_rule`` (:data:`service.contract.RESIZE
 ``floor`` (the default; every maskx-trained model)
     torchvision's ``GeneralizedRCNNTransform``: ``scale = min(min_size / short side,
     max_size / long side)``, each side ``floor(side * scale)``; pixels resampled with Pillow's
-    bilinear filter (antialiased when shrinking). An image already at that size is kept as it
-    is, so the model's own transform (the eager path) leaves the result unchanged.
+    bilinear filter (antialiased when shrinking). The eager model's transform computes the
+    same sizes from the same image (not always from an image already at that size: flooring
+    is not idempotent, 303 * (160 / 303) floors to 159).
 ``detectron``
     Detectron's ``prep_im_for_blob`` (``detectron/utils/blob.py``): ``scale = min_size / short
     side``; if ``round(scale * long side) > max_size`` then ``scale = max_size / long side``;

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from maskx import __version__
 from model import MaskXRCNN
@@ -71,12 +72,19 @@ def pad_batch(images: list[torch.Tensor], divisible: int = 32) -> tuple[torch.Te
 
 def eager_reference(model: MaskXRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """The model's own eager inference on uint8 images already at model scale, stopping at
-    box-local masks: per image ``boxes``, ``scores``, ``labels``, ``mask_probs`` [N, M, M]."""
+    box-local masks: per image ``boxes``, ``scores``, ``labels``, ``mask_probs`` [N, M, M].
+
+    The images go in as they are, as the graph takes them from the service: normalised and
+    batched by the model's transform, not resized again. (Flooring is not idempotent: an image
+    the service resized to 51 x 95 at min/max 96 would be resized once more to 51 x 96.)
+    """
     with torch.no_grad():
-        floats = [i.float() / 255.0 for i in images]
-        image_list, _ = model.transform(floats)
-        if [tuple(s) for s in image_list.image_sizes] != [tuple(i.shape[1:]) for i in images]:
-            raise ExportError("reference images must already be at the model's scale")
+        t = model.transform
+        normalised = [t.normalize(i.float() / 255.0) for i in images]
+        image_list = ImageList(
+            t.batch_images(normalised, size_divisible=t.size_divisible),
+            [(int(i.shape[1]), int(i.shape[2])) for i in images],
+        )
         features = model.backbone(image_list.tensors)
         proposals, _ = model.rpn(image_list, features)
         detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)

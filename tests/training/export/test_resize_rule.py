@@ -93,3 +93,32 @@ def test_build_metadata_reads_the_rules_from_the_model_config() -> None:
     assert '"resize_rule":"detectron"' in text and '"mask_paste":"detectron"' in text
     with pytest.raises(ValueError, match="resize_rule='nearest'"):
         build_metadata(model, _Vocab(), model_config={"resize_rule": "nearest"}, **common)
+
+
+def test_eager_reference_takes_images_at_the_services_size_as_they_are() -> None:
+    from model import build_model
+    from tests.model.helpers import tiny_config
+    from training.export.onnx_export import eager_reference
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(num_classes=2, box_score_thresh=0.0)).eval()
+    lo, hi = 128, 160
+    g = torch.Generator().manual_seed(0)
+    # Flooring is not idempotent: 303 * (160 / 303) floors to 159, and the model's transform
+    # would stretch the service's 52 x 159 input to 160 wide. The reference must take it as
+    # the graph does (it used to refuse such images).
+    size = resized_size(100, 303, lo, hi)
+    assert size == (52, 159) and resized_size(*size, lo, hi) != size
+    small = letterbox(torch.randint(0, 256, (3, 100, 303), dtype=torch.uint8, generator=g), lo, hi)
+    (ref,) = eager_reference(model, [small])
+    assert len(ref["boxes"]) > 0
+    assert float(ref["boxes"][:, 2].max()) <= 159 and float(ref["boxes"][:, 3].max()) <= 52
+    # At a size the transform keeps, the reference is the model's own eval output.
+    kept = torch.randint(0, 256, (3, 128, 150), dtype=torch.uint8, generator=g)
+    assert resized_size(128, 150, lo, hi) == (128, 150)
+    (ref,) = eager_reference(model, [kept])
+    with torch.no_grad():
+        (out,) = model([kept.float() / 255.0])
+    assert len(ref["boxes"]) > 0
+    torch.testing.assert_close(ref["boxes"], out["boxes"])
+    torch.testing.assert_close(ref["scores"], out["scores"])
