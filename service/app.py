@@ -506,6 +506,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 "max_size": info.max_size,
                 "size_divisible": info.size_divisible,
                 "mask_resolution": info.mask_resolution,
+                "resize_rule": info.resize_rule,
+                "mask_paste": info.mask_paste,
                 "max_batch_size": settings.max_batch_size,
             }
         )

@@ -9,7 +9,10 @@ graph writer import it. Torch-free, so the serving image can import it. See docs
 * outputs :data:`OUTPUT_NAMES`: ``boxes`` float32 ``[N, 4]`` (x1, y1, x2, y2 in input pixels),
   ``scores`` float32 ``[N]``, ``labels`` int64 ``[N]`` (1..K), ``batch_index`` int64 ``[N]``,
   ``mask_probs`` float32 ``[N, M, M]``; detections of one image contiguous, best first;
-* ``metadata_props`` key :data:`METADATA_KEY`: one JSON object, :class:`ModelMetadata`.
+* ``metadata_props`` key :data:`METADATA_KEY`: one JSON object, :class:`ModelMetadata`; its
+  ``resize_rule`` and ``mask_paste`` name the rules (:data:`RESIZE_RULES`,
+  :data:`MASK_PASTES`) by which the service brings an image to the model's scale
+  (:mod:`service.resize`) and pastes the box-local masks (:mod:`service.postprocess`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ METADATA_KEY = "maskx"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("images", "image_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index", "mask_probs")
+RESIZE_RULES = ("floor", "detectron")
+"""``floor``: torchvision's (every maskx-trained model); ``detectron``: Detectron's
+``prep_im_for_blob`` (the authors' released models). The first is the default."""
+MASK_PASTES = ("maskx", "detectron")
+"""``maskx``: torchvision's ``paste_masks_in_image`` geometry; ``detectron``: Detectron's
+``segm_results``. The first is the default."""
 
 # JSON keys with a typed field below; every other key is kept, unread, in ``provenance``.
 # ``source_ids`` is the file's name for the dataset category ids (kept for files already written).
 _TYPED_KEYS = frozenset(
     {"format_version", "name", "version", "classes", "mask_classes", "source_ids", "min_size",
-     "max_size", "size_divisible", "mask_resolution"}
+     "max_size", "size_divisible", "mask_resolution", "resize_rule", "mask_paste"}
 )  # fmt: skip
 
 
@@ -40,6 +49,9 @@ class ModelMetadata:
     mask supervision (set A); ``category_ids[i]`` is that class's id in the dataset it was
     trained on (COCO ``category_id``; 1..K when the file does not say). ``provenance`` holds the
     exporter's other keys (normalisation, checkpoint hash, configs, ...) as written.
+    ``resize_rule`` and ``mask_paste`` say how the service resizes images for this model and
+    pastes its masks; files written before they existed get the defaults, which are what the
+    service did for every file then.
     """
 
     name: str
@@ -51,12 +63,18 @@ class ModelMetadata:
     category_ids: tuple[int, ...] = ()
     size_divisible: int = 32
     mask_resolution: int = 28
+    resize_rule: str = RESIZE_RULES[0]
+    mask_paste: str = MASK_PASTES[0]
     format_version: int = FORMAT_VERSION
     provenance: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.category_ids:
             object.__setattr__(self, "category_ids", tuple(range(1, len(self.classes) + 1)))
+        if self.resize_rule not in RESIZE_RULES:
+            raise ValueError(f"resize_rule={self.resize_rule!r} is not one of {RESIZE_RULES}")
+        if self.mask_paste not in MASK_PASTES:
+            raise ValueError(f"mask_paste={self.mask_paste!r} is not one of {MASK_PASTES}")
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +105,8 @@ class ModelMetadata:
             "max_size": self.max_size,
             "size_divisible": self.size_divisible,
             "mask_resolution": self.mask_resolution,
+            "resize_rule": self.resize_rule,
+            "mask_paste": self.mask_paste,
             **{k: v for k, v in self.provenance.items() if k not in _TYPED_KEYS},
         }
 
@@ -160,6 +180,17 @@ class ModelMetadata:
                 raise ValueError(
                     f"{source}: metadata field {key!r}={value!r} must be a positive int"
                 )
+        resize_rule = meta.get("resize_rule", RESIZE_RULES[0])
+        mask_paste = meta.get("mask_paste", MASK_PASTES[0])
+        for key, value, allowed in (
+            ("resize_rule", resize_rule, RESIZE_RULES),
+            ("mask_paste", mask_paste, MASK_PASTES),
+        ):
+            if value not in allowed:
+                raise ValueError(
+                    f"{source}: metadata field {key!r}={value!r} must be one of "
+                    + ", ".join(repr(a) for a in allowed)
+                )
         return cls(
             name=str(meta.get("name", "maskx")),
             version=str(meta.get("version", "0")),
@@ -170,6 +201,8 @@ class ModelMetadata:
             max_size=max_size,
             size_divisible=size_divisible,
             mask_resolution=mask_resolution,
+            resize_rule=resize_rule,
+            mask_paste=mask_paste,
             format_version=version,
             provenance={k: v for k, v in meta.items() if k not in _TYPED_KEYS},
         )

@@ -149,6 +149,7 @@ class Pipeline:
             min_size=self.info.min_size,
             max_size=self.info.max_size,
             max_pixels=self.max_pixels,
+            resize_rule=self.info.resize_rule,
         )
 
     def infer(self, images: Sequence[PreparedImage]) -> list[RawDetections]:

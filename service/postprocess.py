@@ -6,6 +6,11 @@ resized **only inside its box** with the same geometry (box expanded by (M+2)/M 
 zero pad, bilinear with ``align_corners=False`` into the integer box, clipped to the image), and
 the COCO compressed RLE of the full image is written directly from that box region. Nothing of
 image size is ever allocated per detection.
+
+A model's metadata names its paste rule (``mask_paste``): ``maskx`` is the above
+(:func:`paste_masks_box_local`); ``detectron`` is Detectron's ``segm_results``
+(:func:`paste_masks_detectron`): the same expansion of the *legacy* (inclusive) box, OpenCV's
+bilinear resize and a strict threshold, box-local as well.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from service.contract import ModelMetadata
+from service.resize import linear_taps, resize_scale
 from service.runtime import RawDetections
 
 # |value| bounds of a compressed-RLE count written in 1, 2, ... 5-bit chunks (signed, 5 bits
@@ -189,6 +195,65 @@ def paste_mask_box_local(
     return paste_masks_box_local(probs[None], np.asarray(int_box)[None], im_h, im_w, threshold)[0]
 
 
+def detectron_paste_boxes(legacy_boxes: np.ndarray, mask_size: int) -> np.ndarray:
+    """Detectron's integer paste boxes ``[N, 4]`` (int64) of legacy (inclusive) float boxes.
+
+    ``segm_results``: ``expand_boxes(boxes, (M + 2) / M)`` in float32, then ``astype(int32)``
+    (truncation toward zero); that is :func:`expand_boxes_for_paste`'s arithmetic, applied to
+    the legacy box (x1, y1, x2, y2) = continuous (x1, y1, x2 - 1, y2 - 1).
+    """
+    return expand_boxes_for_paste(legacy_boxes, mask_size)
+
+
+def paste_masks_detectron(
+    probs: np.ndarray, int_boxes: np.ndarray, im_h: int, im_w: int, threshold: float
+) -> list[tuple[int, int, np.ndarray]]:
+    """Detectron's ``segm_results`` paste, computed inside each box only.
+
+    ``probs`` float32 ``[N, M, M]``; ``int_boxes`` int64 ``[N, 4]`` from
+    :func:`detectron_paste_boxes`. Per mask, as Detectron: zero-pad to ``M + 2``,
+    ``cv2.resize`` it to ``w = x2 - x1 + 1`` by ``h = y2 - y1 + 1`` (at least 1;
+    ``INTER_LINEAR``, :func:`service.resize.linear_taps`), keep ``> threshold`` (strict) and
+    paste at ``[y1:y2 + 1, x1:x2 + 1]`` clipped to the ``im_h`` × ``im_w`` image. Only the
+    clipped window is resampled (each output pixel depends on its own taps alone, so it equals
+    the same window of Detectron's full resize). Returns one ``(x0, y0, region)`` per mask,
+    ``region`` bool ``[y1 - y0, x1 - x0]``, as :func:`paste_masks_box_local`.
+    """
+    n, m = len(probs), probs.shape[-1]
+    if n == 0:
+        return []
+    padded = np.zeros((n, m + 2, m + 2), dtype=np.float32)
+    padded[:, 1:-1, 1:-1] = probs
+    bx0, by0, bx1, by1 = np.asarray(int_boxes, dtype=np.int64).reshape(n, 4).T
+    w = np.maximum(bx1 - bx0 + 1, 1)
+    h = np.maximum(by1 - by0 + 1, 1)
+    x0, x1 = np.maximum(bx0, 0), np.minimum(bx1 + 1, im_w)
+    y0, y1 = np.maximum(by0, 0), np.minimum(by1 + 1, im_h)
+    thr = np.float32(threshold)
+    one = np.float32(1)
+    out = []
+    for k in range(n):
+        ox, oy = int(x0[k]), int(y0[k])
+        if x1[k] <= ox or y1[k] <= oy:
+            out.append((ox, oy, np.zeros((0, 0), dtype=bool)))
+            continue
+        # cv2.resize(src, (w, h)): source steps of 1 / (w / (M + 2)), as resize.cpp divides.
+        xi0, xi1, fx = linear_taps(
+            int(w[k]), m + 2, 1.0 / (int(w[k]) / (m + 2)), clamp_fraction=True,
+            start=ox - int(bx0[k]), stop=int(x1[k]) - int(bx0[k]),
+        )  # fmt: skip
+        yi0, yi1, fy = linear_taps(
+            int(h[k]), m + 2, 1.0 / (int(h[k]) / (m + 2)), clamp_fraction=False,
+            start=oy - int(by0[k]), stop=int(y1[k]) - int(by0[k]),
+        )  # fmt: skip
+        rows = padded[k]
+        hor = rows[:, xi0] * (one - fx) + rows[:, xi1] * fx  # horizontal pass first, as cv2
+        fy = fy[:, None]
+        region = hor[yi0] * (one - fy) + hor[yi1] * fy
+        out.append((ox, oy, region > thr))
+    return out
+
+
 def rle_to_string(counts: np.ndarray) -> str:
     """COCO's compressed RLE string (``rleToString`` in pycocotools' maskApi.c) of one list of
     uncompressed counts (zeros first, alternating, column-major)."""
@@ -329,11 +394,7 @@ def postprocess_detections(
         raise ValueError(
             f"model returned labels {labels[bad][:5].tolist()} outside 1..{info.num_classes}"
         )
-    ratio = np.array([im_w / input_size[1], im_h / input_size[0]] * 2, dtype=np.float32)
-    boxes = raw.boxes[index].astype(np.float32) * ratio
-    np.clip(boxes[:, 0::2], 0, im_w, out=boxes[:, 0::2])
-    np.clip(boxes[:, 1::2], 0, im_h, out=boxes[:, 1::2])
-    int_boxes = expand_boxes_for_paste(boxes, info.mask_resolution) if params.masks else None
+    boxes, legacy = image_boxes(raw.boxes[index], input_size, image_size, info)
     scores = raw.scores[index].tolist()
     out = [
         Detection(
@@ -346,10 +407,53 @@ def postprocess_detections(
         )
         for box, score, label in zip(boxes.tolist(), scores, labels.tolist(), strict=True)
     ]
-    if int_boxes is not None:
-        regions = paste_masks_box_local(
-            raw.mask_probs[index], int_boxes, im_h, im_w, params.mask_threshold
-        )
+    if params.masks:
+        m = info.mask_resolution
+        probs = raw.mask_probs[index]
+        if info.mask_paste == "detectron":
+            int_boxes = detectron_paste_boxes(legacy, m)
+            regions = paste_masks_detectron(probs, int_boxes, im_h, im_w, params.mask_threshold)
+        else:
+            int_boxes = expand_boxes_for_paste(boxes, m)
+            regions = paste_masks_box_local(probs, int_boxes, im_h, im_w, params.mask_threshold)
         for det, counts in zip(out, encode_regions(regions, im_h, im_w), strict=True):
             det.mask = {"size": [im_h, im_w], "counts": counts}
     return out
+
+
+def image_boxes(
+    boxes: np.ndarray,
+    input_size: tuple[int, int],
+    image_size: tuple[int, int],
+    info: ModelMetadata,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Graph boxes (continuous, input pixels) -> boxes in displayed pixels, clipped.
+
+    Returns float32 ``[N, 4]`` continuous boxes and the same boxes in the legacy (inclusive)
+    convention, ``(x1, y1, x2 - 1, y2 - 1)``, that Detectron's paste takes. ``floor`` models:
+    each axis scaled by displayed / input size, clipped to [0, W] x [0, H]. ``detectron``
+    models: Detectron's ``rois / im_scale`` on the legacy corners, then its
+    ``clip_tiled_boxes`` (legacy to [0, W - 1] x [0, H - 1]); the legacy boxes are the ones
+    computed, not recovered from the continuous ones, so that no float32 ``+ 1 - 1`` moves a
+    paste box across an integer.
+    """
+    im_h, im_w = image_size
+    one = np.float32(1)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if info.resize_rule == "detectron":
+        scale = np.float32(resize_scale(im_h, im_w, info.min_size, info.max_size, "detectron"))
+        legacy = boxes.copy()
+        legacy[:, 2:] -= one
+        legacy /= scale
+        np.clip(legacy[:, 0::2], 0, im_w - 1, out=legacy[:, 0::2])
+        np.clip(legacy[:, 1::2], 0, im_h - 1, out=legacy[:, 1::2])
+        continuous = legacy.copy()
+        continuous[:, 2:] += one
+        return continuous, legacy
+    ratio = np.array([im_w / input_size[1], im_h / input_size[0]] * 2, dtype=np.float32)
+    continuous = boxes * ratio
+    np.clip(continuous[:, 0::2], 0, im_w, out=continuous[:, 0::2])
+    np.clip(continuous[:, 1::2], 0, im_h, out=continuous[:, 1::2])
+    legacy = continuous.copy()
+    legacy[:, 2:] -= one
+    return continuous, legacy

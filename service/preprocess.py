@@ -2,13 +2,14 @@
 
 Work is bounded before it is spent: the pixel count comes from the header and is checked
 **before** any pixel is decoded (decompression bombs), and large JPEGs are decoded in draft mode
-at the smallest power-of-two reduction that still covers the model's input size.
+at the smallest power-of-two reduction that still covers the model's input size (``floor``
+rule only: Detectron decodes at full size). The size and the resampling follow the model's
+``resize_rule`` (:mod:`service.resize`).
 """
 
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ServiceError
+from service.resize import resize_pixels, resize_scale, resized_size
 
 # Formats Pillow may try; anything else (SVG, HTML, PDF, ...) is rejected without parsing.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO
@@ -52,10 +54,10 @@ class PreparedImage:
 def model_input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """(h, w) after scaling the short side to ``min_size`` with the long side at most ``max_size``.
 
-    Same rule and rounding as torchvision's ``GeneralizedRCNNTransform`` (floor of size × scale).
+    The ``floor`` rule of :func:`service.resize.resized_size` (torchvision's
+    ``GeneralizedRCNNTransform``: floor of size × scale).
     """
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+    return resized_size(height, width, min_size, max_size, "floor")
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -108,8 +110,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, *, min_size: int, max_size: int, max_pixels: int) -> PreparedImage:
-    """Decode ``data`` into a :class:`PreparedImage` at the model's scale.
+def decode_image(
+    data: bytes, *, min_size: int, max_size: int, max_pixels: int, resize_rule: str = "floor"
+) -> PreparedImage:
+    """Decode ``data`` into a :class:`PreparedImage` at the model's scale under ``resize_rule``
+    (:mod:`service.resize`).
 
     Raises :class:`ServiceError` (``empty_body``, ``undecodable_image``, ``image_too_large``).
     Animated images give their first frame.
@@ -122,18 +127,23 @@ def decode_image(data: bytes, *, min_size: int, max_size: int, max_pixels: int) 
     stored_w, stored_h = image.size
     swapped = orientation in _SWAPPING_ORIENTATIONS
     width, height = (stored_h, stored_w) if swapped else (stored_w, stored_h)
-    in_h, in_w = model_input_size(height, width, min_size, max_size)
+    in_h, in_w = resized_size(height, width, min_size, max_size, resize_rule)
+    detectron = resize_rule == "detectron"
     try:
-        if image.format in ("JPEG", "MPO"):
+        if image.format in ("JPEG", "MPO") and not detectron:
             # Decode at a 1/2, 1/4 or 1/8 scale when that still covers the input size.
             image.draft(None, (in_h, in_w) if swapped else (in_w, in_h))
         image.load()
         if swapped or orientation != 1:
             image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
-        if image.size != (in_w, in_h):
-            image = image.resize((in_w, in_h), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.uint8)
+        if detectron:
+            scale = resize_scale(height, width, min_size, max_size, resize_rule)
+            pixels = resize_pixels(np.asarray(image), (in_h, in_w), resize_rule, scale)
+        else:
+            if image.size != (in_w, in_h):
+                image = image.resize((in_w, in_h), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
     except ServiceError:
         raise
     except Exception as exc:  # truncated or corrupt pixel data

@@ -93,4 +93,12 @@ class ModelDescription(BaseModel):
     max_size: int
     size_divisible: int
     mask_resolution: int
+    resize_rule: Literal["floor", "detectron"] = Field(
+        description="How images are resized for the model: floor (torchvision's rule) or "
+        "detectron (Detectron's prep_im_for_blob); docs/contracts.md."
+    )
+    mask_paste: Literal["maskx", "detectron"] = Field(
+        description="How masks are pasted: maskx (torchvision's geometry) or detectron "
+        "(Detectron's segm_results); docs/contracts.md."
+    )
     max_batch_size: int

@@ -110,7 +110,9 @@ def main(args: argparse.Namespace) -> int:
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     if not args.verify:
         return 0
-    images = verification_images(model, args.images, ckpt.get("train_config"))
+    images = verification_images(
+        model, args.images, ckpt.get("train_config"), resize_rule=metadata.resize_rule
+    )
     box_rtol, score_atol, mask_atol = TOLERANCES[args.fp16]
     report = verify_export(
         model,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from maskx import __version__
 from model import MaskXRCNN
@@ -25,6 +26,7 @@ from service.contract import (  # the graph contract is the service's; this side
     OUTPUT_NAMES,
     ModelMetadata,
 )
+from service.resize import resize_pixels, resize_scale, resized_size
 from training.export.adapter import ExportAdapter
 from training.fileio import atomic_path
 
@@ -39,19 +41,20 @@ class ExportError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------- inputs
-def letterbox(image: np.ndarray | torch.Tensor, min_size: int, max_size: int) -> torch.Tensor:
-    """Resize a uint8 [3, H, W] image as the service does: short side ``min_size``, long side
-    at most ``max_size`` (bilinear), returning uint8 [3, h, w]."""
+def letterbox(
+    image: np.ndarray | torch.Tensor, min_size: int, max_size: int, rule: str = "floor"
+) -> torch.Tensor:
+    """Resize a uint8 [3, H, W] image exactly as the service does for a model whose
+    ``resize_rule`` is ``rule``: the size and the resampling of :mod:`service.resize`.
+    Returns uint8 [3, h, w]."""
     t = torch.as_tensor(image)
-    h, w = t.shape[-2:]
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    nh, nw = round(h * scale), round(w * scale)
-    if (nh, nw) == (h, w):
+    h, w = (int(v) for v in t.shape[-2:])
+    size = resized_size(h, w, min_size, max_size, rule)
+    if size == (h, w) and rule == "floor":
         return t
-    out = torch.nn.functional.interpolate(
-        t[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
-    )
-    return out[0].round().clamp(0, 255).to(torch.uint8)
+    rgb = t.permute(1, 2, 0).numpy()
+    out = resize_pixels(rgb, size, rule, resize_scale(h, w, min_size, max_size, rule))
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
 def pad_batch(images: list[torch.Tensor], divisible: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +72,19 @@ def pad_batch(images: list[torch.Tensor], divisible: int = 32) -> tuple[torch.Te
 
 def eager_reference(model: MaskXRCNN, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """The model's own eager inference on uint8 images already at model scale, stopping at
-    box-local masks: per image ``boxes``, ``scores``, ``labels``, ``mask_probs`` [N, M, M]."""
+    box-local masks: per image ``boxes``, ``scores``, ``labels``, ``mask_probs`` [N, M, M].
+
+    The images go in as they are, as the graph takes them from the service: normalised and
+    batched by the model's transform, not resized again. (Flooring is not idempotent: an image
+    the service resized to 51 x 95 at min/max 96 would be resized once more to 51 x 96.)
+    """
     with torch.no_grad():
-        floats = [i.float() / 255.0 for i in images]
-        image_list, _ = model.transform(floats)
-        if [tuple(s) for s in image_list.image_sizes] != [tuple(i.shape[1:]) for i in images]:
-            raise ExportError("reference images must already be at the model's scale")
+        t = model.transform
+        normalised = [t.normalize(i.float() / 255.0) for i in images]
+        image_list = ImageList(
+            t.batch_images(normalised, size_divisible=t.size_divisible),
+            [(int(i.shape[1]), int(i.shape[2])) for i in images],
+        )
         features = model.backbone(image_list.tensors)
         proposals, _ = model.rpn(image_list, features)
         detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
@@ -109,6 +119,10 @@ def build_metadata(
         max_size=int(t.max_size),
         size_divisible=int(t.size_divisible),
         mask_resolution=28,
+        # Set by the model's config (an imported Detectron model: "detectron" for both);
+        # configs written before these fields existed mean the defaults.
+        resize_rule=str(model_config.get("resize_rule", "floor")),
+        mask_paste=str(model_config.get("mask_paste", "maskx")),
         format_version=FORMAT_VERSION,
         provenance={
             "precision": precision,  # "fp32", or "fp16-backbone" (maskx export --fp16)
@@ -317,14 +331,19 @@ def _split(outputs: list[np.ndarray], n_images: int) -> list[dict[str, np.ndarra
 
 
 def verification_images(
-    model: MaskXRCNN, paths: list[str | os.PathLike] | None = None, train_config: dict | None = None
+    model: MaskXRCNN,
+    paths: list[str | os.PathLike] | None = None,
+    train_config: dict | None = None,
+    *,
+    resize_rule: str = "floor",
 ) -> list[torch.Tensor] | None:
     """Two uint8 images at the model's scale and of different shapes, for :func:`verify_export`.
 
     From ``paths``, else from the validation images named in the checkpoint's training config
     (when that folder exists here); None when neither gives two images. The first is resized
-    to the model's scale, the second also cropped 32 rows shorter, so that the two differ in
-    shape and the model keeps both as they are.
+    to the model's scale as the service resizes it (``resize_rule``, :func:`letterbox`), the
+    second also cropped 32 rows shorter, so that the two differ in shape and the model keeps
+    both as they are.
     """
     from PIL import Image
 
@@ -350,7 +369,12 @@ def verification_images(
         except OSError as exc:
             raise ExportError(f"verification image {str(f)!r} cannot be read: {exc}") from exc
         out.append(
-            letterbox(torch.from_numpy(rgb).permute(2, 0, 1), int(t.min_size[-1]), int(t.max_size))
+            letterbox(
+                torch.from_numpy(rgb).permute(2, 0, 1),
+                int(t.min_size[-1]),
+                int(t.max_size),
+                resize_rule,
+            )
         )
     # A second size that the model keeps as it is (scale exactly 1): short side below min_size
     # with the long side at max_size. Cropping gives it when the long side is already there;
