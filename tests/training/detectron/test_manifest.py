@@ -34,7 +34,7 @@ def test_released_manifest_matches_the_authors_names_shapes_and_float_count(back
     assert ours == theirs
     assert len({e.key for e in manifest}) == len(manifest)  # one parameter per blob
     assert sum(int(np.prod(s)) for s in ours.values()) == floats
-    # Names the brief of the authors' code gives, spelled out.
+    # Names read in the authors' ResNet.py, FPN.py and mask_rcnn_heads.py, spelled out.
     for name in (
         "fpn_inner_res5_2_sum_w",
         f"fpn_inner_res4_{blocks[2] - 1}_sum_lateral_w",
