@@ -41,6 +41,9 @@ def main(args: argparse.Namespace) -> int:
     except (DetectronFileError, DetectronImportError) as exc:
         print(f"maskx import-detectron: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the checkpoint cannot be written
+        print(f"maskx import-detectron: cannot write {args.out!r}: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: {report.architecture.backbone}-FPN Mask^X R-CNN, "
           f"{report.architecture.num_classes} classes, {report.floats:,} floats")  # fmt: skip
     return 0

@@ -248,6 +248,8 @@ def _cfg_settings(
     ]
     for key, from_weights, what in checks:
         value = _get(cfg, key)
+        if key == "MRCNN.BBOX2MASK.TYPE" and value == "":
+            value = "1_layer"  # Detectron's bbox2mask_weight_transfer reads '' as 1 layer
         if value is not None and value != from_weights and str(value) != str(from_weights):
             notes.append(
                 f"cfg {key} = {value!r} but the weights give {from_weights!r} ({what}): "
@@ -305,7 +307,12 @@ def read_vocabulary(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     path = Path(path)
     if not path.is_file():
         raise DetectronImportError(f"--classes: no such file {str(path)!r}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DetectronImportError(
+            f"--classes {str(path)!r} cannot be read as text: {exc}"
+        ) from exc
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -554,8 +561,9 @@ def import_detectron(
             "import-detectron; check the weights' terms before redistributing",
         },
     }
+    # The vocabulary first: a wrong class count is found before the conversion.
+    vocab = build_vocabulary(classes, infer_architecture(weights.blobs).num_classes, mask_classes)
     state, report = convert_blobs(weights, source=str(path), name=name, extra=extra)
-    vocab = build_vocabulary(classes, report.architecture.num_classes, mask_classes)
     if mask_classes is None:
         report.notes.append(
             f"mask set A: the first {VG3K_MASK_CLASSES} classes (the authors' COCO classes)"

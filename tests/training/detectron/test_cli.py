@@ -55,3 +55,17 @@ def test_bad_input_exits_2_with_a_message(tmp_path, small_classes, capsys, make,
     err = capsys.readouterr().err
     assert err.startswith("maskx import-detectron: ") and message in err
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_bad_vocabulary_or_output_exits_2(small_file, small_classes, tmp_path, capsys):
+    path, _ = small_file
+    binary = tmp_path / "classes.txt"
+    binary.write_bytes(b"\xff\xfe\x00")
+    code = cli_main(["import-detectron", str(path), "--classes", str(binary),
+                     "--out", str(tmp_path / "o.pt")])  # fmt: skip
+    assert code == 2 and "cannot be read as text" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    code = cli_main(["import-detectron", str(path), "--classes", str(small_classes),
+                     "--out", str(blocked / "o.pt")])  # fmt: skip
+    assert code == 2 and "cannot write" in capsys.readouterr().err
