@@ -220,6 +220,10 @@ LEFTOVER_RULES = {
     "imagenet_conv_bias": "a zero bias of a ResNet conv from the ImageNet file (the convs have "
     "no bias: AffineChannel follows)",
 }
+# The ImageNet leftovers come from Detectron's tools/pickle_caffe_blobs.py, which converted the
+# MSRA Caffe ResNets: it adds a zero bias to every conv that has none (add_missing_biases),
+# folds BatchNorm + Scale into ``…_bn_{s,b}`` and keeps the classifier ``fc1000``. Detectron
+# keeps blobs a model does not use ("__preserve__/") and writes them back at every save.
 
 _BACKUPS = ("cls_score_w", "cls_score_b", "bbox_pred_w", "bbox_pred_b")
 
