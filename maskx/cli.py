@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train a Mask^X R-CNN model"),
     "evaluate": ("training.evaluate_cli", "evaluate a checkpoint with pycocotools"),
     "export": ("training.export.cli", "export a checkpoint to ONNX with baked mask weights"),
+    "import-detectron": (
+        "training.detectron.cli",
+        "convert a Detectron (Caffe2) Mask^X weights file into a maskx checkpoint",
+    ),
     "serve": ("service.cli", "serve an exported model over HTTP"),
     "predict": ("service.predict", "segment images offline: overlay PNG + JSON"),
     "bench": ("maskx.bench.cli", "run a benchmark (heads, export, service, postprocess, ...)"),

@@ -58,6 +58,78 @@ class TinyTrunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+class ResNetTrunk(resnet.ResNet):
+    """torchvision's ResNet with a chosen stem width (same layer names, same initialisation).
+
+    torchvision fixes the stem at 64 channels; this builds the same modules for any ``width``
+    (stage widths ``width × (1, 2, 4, 8)``, times the block's expansion at the outputs), so that
+    tests can build small ResNets that carry the full-size names.
+    """
+
+    def __init__(
+        self,
+        block: type[resnet.BasicBlock] | type[resnet.Bottleneck],
+        blocks: tuple[int, ...],
+        width: int,
+        norm_layer: Callable[[int], nn.Module],
+    ) -> None:
+        nn.Module.__init__(self)
+        self._norm_layer = norm_layer
+        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, width, blocks[0])
+        self.layer2 = self._make_layer(block, width * 2, blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, blocks[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(width * 8 * block.expansion, 1000)
+        for m in self.modules():  # torchvision ResNet's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+
+
+def build_resnet_trunk(
+    name: str,
+    norm_layer: Callable[[int], nn.Module],
+    *,
+    width: int = 64,
+    blocks: tuple[int, ...] | None = None,
+    stride_in_1x1: bool = False,
+) -> resnet.ResNet:
+    """A torchvision ResNet (``resnet18``, ``resnet50``, ``resnet101``), optionally narrower,
+    with other block counts, or with the stride on the first 1×1 conv of each stage.
+
+    The defaults build exactly torchvision's ``resnet50(weights=None)`` (etc.). With
+    ``stride_in_1x1`` (bottleneck ResNets only), the first block of layers 2..4 strides on
+    ``conv1`` (1×1) and not on ``conv2`` (3×3): the original MSRA ResNet that Detectron's
+    ImageNet weights were trained as (``RESNETS.STRIDE_1X1``); the ``downsample`` projection
+    strides 2 either way.
+    """
+    if name not in RESNET_BLOCKS:
+        raise ValueError(f"not a ResNet backbone: {name!r}; allowed: {sorted(RESNET_BLOCKS)}")
+    if width == 64 and blocks is None:
+        trunk = getattr(resnet, name)(weights=None, norm_layer=norm_layer)
+    else:
+        block = resnet.BasicBlock if name == "resnet18" else resnet.Bottleneck
+        trunk = ResNetTrunk(block, tuple(blocks or RESNET_BLOCKS[name]), width, norm_layer)
+    if stride_in_1x1:
+        if name == "resnet18":
+            raise ValueError("stride_in_1x1 needs a bottleneck ResNet (resnet50, resnet101)")
+        for layer in (trunk.layer2, trunk.layer3, trunk.layer4):
+            first = layer[0]
+            first.conv1.stride, first.conv2.stride = first.conv2.stride, first.conv1.stride
+    return trunk
+
+
 def _freeze_resnet_layers(trunk: nn.Module, trainable_layers: int) -> None:
     layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
@@ -109,6 +181,9 @@ def build_backbone(
     norm: str | None = None,
     fpn_channels: int = 256,
     tiny_widths: tuple[int, ...] = (32, 64, 96, 128),
+    stride_in_1x1: bool = False,
+    resnet_width: int = 64,
+    resnet_blocks: tuple[int, ...] | None = None,
 ) -> BackboneWithFPN:
     """Build ``name`` with an FPN on top (output levels '0'..'3' and 'pool').
 
@@ -119,6 +194,8 @@ def build_backbone(
         trainable_layers: trunk stages left trainable (0..5); default 3 with weights, 5 without.
         norm: ``frozen_bn`` or ``bn``; default frozen with weights, plain BN from scratch.
         fpn_channels: FPN width (256 in the paper).
+        stride_in_1x1, resnet_width, resnet_blocks: ResNet variants, see
+            :func:`build_resnet_trunk` (the defaults are torchvision's ResNets).
     """
     pretrained = weights is not None
     if trainable_layers is None:
@@ -128,7 +205,13 @@ def build_backbone(
     norm_layer = misc_nn_ops.FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
 
     if name in ("resnet50", "resnet101", "resnet18"):
-        trunk = getattr(resnet, name)(weights=None, norm_layer=norm_layer)
+        trunk = build_resnet_trunk(
+            name,
+            norm_layer,
+            width=resnet_width,
+            blocks=resnet_blocks,
+            stride_in_1x1=stride_in_1x1,
+        )
         if weights is not None:
             load_backbone_weights(trunk, weights)
         _freeze_resnet_layers(trunk, trainable_layers)

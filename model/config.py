@@ -44,6 +44,16 @@ class ModelConfig:
     fpn_channels: int = 256
     tiny_widths: tuple[int, ...] = (32, 64, 96, 128)
     """Stage widths of the ``tiny`` backbone (a small ResNet-like trunk for CPU work)."""
+    stride_in_1x1: bool = False
+    """ResNet-50/101: put each stage's stride 2 on the first bottleneck's 1×1 conv (``conv1``)
+    instead of the 3×3 (``conv2``), as the original MSRA ResNet and Detectron (``STRIDE_1X1``)
+    do; the projection shortcut keeps its stride 2 either way. False is torchvision's layout."""
+    resnet_width: int = 64
+    """ResNet stem width; stage widths are ×1, ×2, ×4, ×8 of it (bottleneck outputs ×4 more).
+    64 is the standard ResNet; smaller values build small ResNets with the same layer names."""
+    resnet_blocks: tuple[int, ...] | None = None
+    """Blocks per ResNet stage (4 values); None: the depth's own ((3, 4, 6, 3) for resnet50,
+    (3, 4, 23, 3) for resnet101, (2, 2, 2, 2) for resnet18)."""
 
     # --- input scale ------------------------------------------------------------------------
     min_size: int = 800
@@ -144,8 +154,33 @@ class ModelConfig:
         for name in ("fpn_channels", "box_head_dim", "mask_head_dim", "transfer_hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        self._validate_resnet()
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ConfigError("image_mean and image_std must have 3 values (RGB)")
+
+    def _validate_resnet(self) -> None:
+        resnets = ("resnet50", "resnet101", "resnet18")
+        custom = self.resnet_width != 64 or self.resnet_blocks is not None
+        if custom and self.backbone not in resnets:
+            raise ConfigError(
+                f"resnet_width and resnet_blocks apply to {list(resnets)}, not "
+                f"backbone={self.backbone!r}"
+            )
+        if self.stride_in_1x1 and self.backbone not in ("resnet50", "resnet101"):
+            raise ConfigError(
+                "stride_in_1x1 applies to the bottleneck ResNets (resnet50, resnet101), not "
+                f"backbone={self.backbone!r}"
+            )
+        if not isinstance(self.resnet_width, int) or self.resnet_width < 1:
+            raise ConfigError(f"resnet_width must be an integer >= 1, got {self.resnet_width!r}")
+        if self.resnet_blocks is not None and (
+            len(self.resnet_blocks) != 4
+            or not all(isinstance(n, int) and n >= 1 for n in self.resnet_blocks)
+        ):
+            raise ConfigError(
+                "resnet_blocks must be None or 4 integers >= 1 (blocks per stage), "
+                f"got {self.resnet_blocks!r}"
+            )
 
     @property
     def mask_resolution(self) -> int:

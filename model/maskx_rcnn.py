@@ -164,6 +164,9 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
         norm=cfg.norm,
         fpn_channels=cfg.fpn_channels,
         tiny_widths=cfg.tiny_widths,
+        stride_in_1x1=cfg.stride_in_1x1,
+        resnet_width=cfg.resnet_width,
+        resnet_blocks=cfg.resnet_blocks,
     )
     levels = 5  # FPN '0'..'3' + 'pool'
     anchor_sizes = tuple((s,) for s in cfg.anchor_sizes)
