@@ -305,3 +305,81 @@ def test_detections_are_box_results_with_nms_and_limit() -> None:
     tv_boxes, _, _ = ours("continuous")
     same = tv_boxes.shape == got_boxes.shape and np.allclose(tv_boxes, got_boxes, atol=1e-3)
     assert not same
+
+
+# ----------------------------------------------------------------------------- composed
+def _detectron_model():
+    torch.manual_seed(0)
+    cfg = tiny_config(anchor_style="detectron", box_convention="legacy", rpn_min_size=0.0,
+                      clip_proposals_to_padded=True, box_candidates_per_img=None)  # fmt: skip
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # spread the class scores, so that float rounding decides no rank
+        model.roi_heads.box_predictor.cls_score.weight.mul_(300.0)
+        model.roi_heads.box_predictor.bbox_pred.weight.mul_(30.0)
+    image = torch.rand(3, 128, 150, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        images, _ = model.transform([image])
+        features = model.backbone(images.tensors)
+    return cfg, model, images, features
+
+
+def test_model_rpn_is_detectrons_rpn() -> None:
+    """The model's RPN (its own head's outputs) against GenerateProposals on every level and
+    collect, with the tiny config's anchor sizes (16 at P2) and top-n."""
+    cfg, model, images, features = _detectron_model()
+    with torch.no_grad():
+        objectness, deltas = model.rpn.head(list(features.values()))
+        ours, _ = model.rpn(images, features)
+    padded = images.tensors.shape[-2:]
+    im_info = np.array([padded[0], padded[1], 1.0])
+    rois, probs = [], []
+    for lvl, (obj, dl) in enumerate(zip(objectness, deltas, strict=True), start=2):
+        h, w = obj.shape[-2:]
+        anchors = ref.fpn_level_anchors(lvl, h, w, start_size=cfg.anchor_sizes[0])
+        r, p = ref.generate_proposals_one_level(
+            torch.sigmoid(obj[0]).numpy(), dl[0].numpy(), im_info, anchors,
+            cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test, cfg.rpn_nms_thresh, 0.0,
+        )  # fmt: skip
+        rois.append(r)
+        probs.append(p)
+    expected = ref.collect_fpn_proposals(rois, probs, cfg.rpn_post_nms_top_n_test)
+    assert ours[0].shape == expected.shape == (cfg.rpn_post_nms_top_n_test, 4)
+    np.testing.assert_allclose(ours[0].numpy(), expected + TO_CONTINUOUS, rtol=1e-5, atol=1e-3)
+
+
+def test_model_box_head_inference_is_detectrons() -> None:
+    """RoI heads on given proposals: Detectron's multi-level RoIAlign, the model's box head,
+    bbox_transform, clip_tiled_boxes and box_results_with_nms_and_limit."""
+    cfg, model, images, features = _detectron_model()
+    rng = np.random.default_rng(9)
+    h, w = images.image_sizes[0]
+    legacy = _legacy_boxes(rng, 60, h, w)
+    legacy[:, :2] = np.maximum(legacy[:, :2], 0)
+    with torch.no_grad():
+        ours, _ = model.roi_heads(
+            features, [torch.tensor(legacy + TO_CONTINUOUS, dtype=torch.float32)], [(h, w)]
+        )
+    levels = ref.map_rois_to_fpn_levels(legacy, 2, 5).astype(int)
+    rois = np.hstack([np.zeros((len(legacy), 1)), legacy])
+    pooled = np.stack([
+        ref.roi_align(features[str(lvl - 2)].numpy(), rois[i : i + 1], 7, 2.0**-lvl, 2)[0]
+        for i, lvl in enumerate(levels)
+    ])  # fmt: skip
+    box = model.roi_heads.box_predictor
+    with torch.no_grad():
+        feats = model.roi_heads.box_head(torch.tensor(pooled, dtype=torch.float32))
+        logits = box.cls_score(feats).double().numpy()
+        deltas = box.bbox_pred(feats).double().numpy()
+    scores = np.exp(logits - logits.max(1, keepdims=True))
+    scores /= scores.sum(1, keepdims=True)
+    boxes = ref.clip_tiled_boxes(ref.bbox_transform(legacy, deltas, (10.0, 10.0, 5.0, 5.0)), (h, w))
+    exp_scores, exp_boxes, exp_labels = ref.box_results_with_nms_and_limit(
+        scores, boxes, cfg.box_score_thresh, cfg.box_nms_thresh, cfg.box_detections_per_img
+    )
+    order = np.argsort(-exp_scores, kind="stable")
+    got = ours[0]
+    assert len(order) > 20
+    np.testing.assert_array_equal(got["labels"].numpy(), exp_labels[order])
+    np.testing.assert_allclose(got["scores"].numpy(), exp_scores[order], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["boxes"].numpy(), exp_boxes[order] + TO_CONTINUOUS, rtol=1e-5,
+                               atol=2e-3)  # fmt: skip
