@@ -383,3 +383,22 @@ def test_model_box_head_inference_is_detectrons() -> None:
     np.testing.assert_allclose(got["scores"].numpy(), exp_scores[order], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["boxes"].numpy(), exp_boxes[order] + TO_CONTINUOUS, rtol=1e-5,
                                atol=2e-3)  # fmt: skip
+
+
+def test_a_model_with_detectron_conventions_trains(batch) -> None:
+    """The conventions apply in training too (RoIAlign of the sampled RoIs, proposal clipping):
+    one step gives finite losses and gradients reach the backbone through the legacy pooler."""
+    torch.manual_seed(0)
+    cfg = tiny_config(anchor_style="detectron", box_convention="legacy", rpn_min_size=0.0,
+                      clip_proposals_to_padded=True)  # fmt: skip
+    model = build_model(cfg).train()
+    images, targets = batch
+    losses = model(images, targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                           "loss_box_reg", "loss_mask"}  # fmt: skip
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
