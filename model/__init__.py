@@ -12,9 +12,12 @@ except ModuleNotFoundError as exc:  # a serving-only install (`maskx[serve]`) ha
     ) from exc
 
 
+from .anchors import DetectronAnchorGenerator
 from .config import ConfigError, ModelConfig
 from .losses import box_losses, partial_mask_loss, project_masks_on_boxes
 from .maskx_rcnn import MaskXRCNN, build_mask_predictor, build_model, mask_rcnn_arguments
+from .pooling import MaskXRoIAlign
+from .postprocess import select_detections, select_proposals
 from .predictors import (
     ClassAgnosticMaskPredictor,
     ClassSpecificBoxPredictor,
@@ -26,15 +29,19 @@ from .predictors import (
     embedding_dim,
 )
 from .roi_heads import MaskXRoIHeads
+from .rpn import MaskXRPN
 
 __all__ = [
     "ClassAgnosticMaskPredictor",
     "ClassSpecificBoxPredictor",
     "ClassSpecificMaskPredictor",
     "ConfigError",
+    "DetectronAnchorGenerator",
     "MLPMaskBranch",
     "MaskPredictor",
     "MaskXRCNN",
+    "MaskXRPN",
+    "MaskXRoIAlign",
     "MaskXRoIHeads",
     "ModelConfig",
     "WeightTransfer",
@@ -46,4 +53,6 @@ __all__ = [
     "mask_rcnn_arguments",
     "partial_mask_loss",
     "project_masks_on_boxes",
+    "select_detections",
+    "select_proposals",
 ]

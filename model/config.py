@@ -16,6 +16,10 @@ TRANSFER_INPUTS = ("cls", "box", "cls+box", "random", "attribute")
 HEAD_INITS = ("paper", "torch")
 TRANSFER_ACTIVATIONS = ("leaky_relu", "relu")
 NORMS = ("frozen_bn", "bn")
+ANCHOR_STYLES = ("torchvision", "detectron")
+BOX_CONVENTIONS = ("continuous", "legacy")
+RESIZE_RULES = ("floor", "detectron")
+MASK_PASTES = ("maskx", "detectron")
 
 
 class ConfigError(ValueError):
@@ -85,6 +89,27 @@ class ModelConfig:
     """``paper``: ``cls_score`` N(0, 0.01), ``bbox_pred`` N(0, 0.001), biases 0 (the authors'
     Detectron code); ``torch``: PyTorch's default Linear init (earlier versions)."""
 
+    # --- inference conventions (docs/detectron_conventions.md) -----------------------------
+    anchor_style: str = "torchvision"
+    """``torchvision``: anchors centred on ``stride * i``, sides rounded per anchor;
+    ``detectron``: Detectron's quantised anchors (``generate_anchors``), centred on
+    ``stride * i + (stride - 1) / 2``, one stride of 2**level per FPN level."""
+    box_convention: str = "continuous"
+    """``continuous`` (torchvision) or ``legacy`` (Detectron's "+1" boxes, where a legacy
+    (x1, y1, x2, y2) is the continuous (x1, y1, x2 + 1, y2 + 1)): clipping to [0, W - 1],
+    RoIAlign fed the inclusive corner, FPN level mapping as ``map_rois_to_fpn_levels``, no
+    small-box filter on detections. Boxes inside and out of the model stay continuous."""
+    rpn_min_size: float = 1e-3
+    """Proposals narrower or lower than this (input pixels) are dropped; 1e-3 is torchvision's
+    fixed value, Detectron's ``RPN_MIN_SIZE`` is 0."""
+    clip_proposals_to_padded: bool = False
+    """Clip proposals to the image padded to ``size_divisible`` (Detectron's ``im_info`` is the
+    padded blob's shape) instead of its valid region; final boxes are clipped to the image."""
+    resize_rule: str = "floor"
+    """How the service resizes an image for this model (``floor`` or ``detectron``)."""
+    mask_paste: str = "maskx"
+    """How the service pastes box-local masks for this model (``maskx`` or ``detectron``)."""
+
     # --- mask branch --------------------------------------------------------------------------
     mask_head_dim: int = 256
     mask_head_layers: int = 4
@@ -123,6 +148,17 @@ class ModelConfig:
         _choice("head_init", self.head_init, HEAD_INITS)
         if self.norm is not None:
             _choice("norm", self.norm, NORMS)
+        _choice("anchor_style", self.anchor_style, ANCHOR_STYLES)
+        _choice("box_convention", self.box_convention, BOX_CONVENTIONS)
+        _choice("resize_rule", self.resize_rule, RESIZE_RULES)
+        _choice("mask_paste", self.mask_paste, MASK_PASTES)
+        if not isinstance(self.rpn_min_size, (int, float)) or not self.rpn_min_size >= 0:
+            raise ConfigError(f"rpn_min_size must be a number >= 0, got {self.rpn_min_size!r}")
+        if not isinstance(self.clip_proposals_to_padded, bool):
+            raise ConfigError(
+                "clip_proposals_to_padded must be true or false, "
+                f"got {self.clip_proposals_to_padded!r}"
+            )
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
             raise ConfigError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
         if self.transfer_layers not in (1, 2, 3):

@@ -15,10 +15,12 @@ from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads
-from torchvision.ops import MultiScaleRoIAlign
 
+from .anchors import DetectronAnchorGenerator
 from .backbones import build_backbone
+from .boxes import CONTINUOUS
 from .config import ConfigError, ModelConfig
+from .pooling import MaskXRoIAlign
 from .predictors import (
     ClassAgnosticMaskPredictor,
     ClassSpecificBoxPredictor,
@@ -29,6 +31,7 @@ from .predictors import (
     embedding_dim,
 )
 from .roi_heads import MaskXRoIHeads
+from .rpn import MaskXRPN
 
 
 class MaskXRCNN(MaskRCNN):
@@ -39,6 +42,12 @@ class MaskXRCNN(MaskRCNN):
         box_predictor: :class:`ClassSpecificBoxPredictor` with K+1 outputs.
         mask_predictor: a :class:`MaskPredictor` (class-specific, class-agnostic or transfer).
         candidates_per_img: cap on (RoI, class) candidates entering NMS at inference.
+        box_convention: ``continuous`` or Detectron's ``legacy`` "+1" boxes, for proposal and
+            detection clipping and the detection small-box filter (see :mod:`model.boxes`;
+            the RoI poolers carry their own, :class:`model.pooling.MaskXRoIAlign`).
+        rpn_min_size: the RPN drops proposals narrower or lower than this (input pixels).
+        clip_proposals_to_padded: clip proposals to the padded image (Detectron), not the
+            valid region.
         **kwargs: every other ``torchvision.models.detection.MaskRCNN`` argument.
 
     Inputs (as torchvision): ``images`` a list of float [3, H, W] in 0..1; in training,
@@ -49,6 +58,8 @@ class MaskXRCNN(MaskRCNN):
     Returns: in training, ``{loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg,
     loss_mask}``; in eval, per image ``boxes`` [N, 4] in input-image pixels, ``labels`` int64
     [N], ``scores`` [N], ``masks`` float [N, 1, H, W] probabilities pasted into the image.
+    Boxes are continuous (x1, y1, x2, y2) with either box convention: a Detectron legacy box
+    (x1, y1, x2, y2) comes out as (x1, y1, x2 + 1, y2 + 1).
     """
 
     def __init__(
@@ -58,6 +69,9 @@ class MaskXRCNN(MaskRCNN):
         box_predictor: ClassSpecificBoxPredictor,
         mask_predictor: MaskPredictor,
         candidates_per_img: int | None = None,
+        box_convention: str = CONTINUOUS,
+        rpn_min_size: float = 1e-3,
+        clip_proposals_to_padded: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -84,8 +98,26 @@ class MaskXRCNN(MaskRCNN):
             mask_head=old.mask_head,
             mask_predictor=old.mask_predictor,
             candidates_per_img=candidates_per_img,
+            box_convention=box_convention,
         )
         self.roi_heads = heads
+        rpn = self.rpn
+        self.rpn = MaskXRPN(
+            rpn.anchor_generator,
+            rpn.head,
+            rpn.proposal_matcher.high_threshold,
+            rpn.proposal_matcher.low_threshold,
+            rpn.fg_bg_sampler.batch_size_per_image,
+            rpn.fg_bg_sampler.positive_fraction,
+            rpn._pre_nms_top_n,
+            rpn._post_nms_top_n,
+            rpn.nms_thresh,
+            rpn.score_thresh,
+            min_size=rpn_min_size,
+            box_convention=box_convention,
+            clip_to_padded=clip_proposals_to_padded,
+            size_divisible=self.transform.size_divisible,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -150,7 +182,8 @@ def fixed_class_vectors(cfg: ModelConfig) -> torch.Tensor | None:
 
 def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None) -> dict[str, Any]:
     """The arguments of torchvision's ``MaskRCNN`` that ``cfg`` describes: the backbone, the
-    transform's sizes and normalisation, the RPN, the RoI pools, and the box and mask *heads*.
+    transform's sizes and normalisation, the RPN (anchors of ``cfg.anchor_style``), the RoI
+    pools (in ``cfg.box_convention``), and the box and mask *heads*.
 
     The predictors are the caller's: :func:`build_model` adds the Mask^X ones, a benchmark or a
     parity test adds torchvision's ``FastRCNNPredictor``/``MaskRCNNPredictor`` to the very same
@@ -174,7 +207,9 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
         raise ValueError(
             f"anchor_sizes needs {levels} values (one per FPN level), got {list(cfg.anchor_sizes)}"
         )
+    generator = DetectronAnchorGenerator if cfg.anchor_style == "detectron" else AnchorGenerator
     c = backbone.out_channels
+    names = ["0", "1", "2", "3"]
     return {
         "backbone": backbone,
         "min_size": cfg.min_size,
@@ -182,28 +217,29 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
         "size_divisible": cfg.size_divisible,
         "image_mean": list(cfg.image_mean),
         "image_std": list(cfg.image_std),
-        "rpn_anchor_generator": AnchorGenerator(anchor_sizes, (tuple(cfg.aspect_ratios),) * levels),
+        "rpn_anchor_generator": generator(anchor_sizes, (tuple(cfg.aspect_ratios),) * levels),
         "rpn_pre_nms_top_n_train": cfg.rpn_pre_nms_top_n_train,
         "rpn_pre_nms_top_n_test": cfg.rpn_pre_nms_top_n_test,
         "rpn_post_nms_top_n_train": cfg.rpn_post_nms_top_n_train,
         "rpn_post_nms_top_n_test": cfg.rpn_post_nms_top_n_test,
         "rpn_nms_thresh": cfg.rpn_nms_thresh,
         "rpn_batch_size_per_image": cfg.rpn_batch_size_per_image,
-        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
+        "box_roi_pool": MaskXRoIAlign(names, 7, 2, box_convention=cfg.box_convention),
         "box_head": TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
         "box_score_thresh": cfg.box_score_thresh,
         "box_nms_thresh": cfg.box_nms_thresh,
         "box_detections_per_img": cfg.box_detections_per_img,
         "box_batch_size_per_image": cfg.box_batch_size_per_image,
         "box_positive_fraction": cfg.box_positive_fraction,
-        "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2),
+        "mask_roi_pool": MaskXRoIAlign(names, 14, 2, box_convention=cfg.box_convention),
         "mask_head": MaskRCNNHeads(c, (cfg.mask_head_dim,) * cfg.mask_head_layers, 1),
     }
 
 
 def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> MaskXRCNN:
     """Build a Mask^X R-CNN from a config: :func:`mask_rcnn_arguments` plus the class-specific
-    box predictor, the mask predictor ``cfg.mask_predictor`` names, and the candidate cap.
+    box predictor, the mask predictor ``cfg.mask_predictor`` names, the candidate cap and the
+    inference conventions (``box_convention``, ``rpn_min_size``, ``clip_proposals_to_padded``).
 
     Args:
         cfg: the model configuration (validated on construction).
@@ -215,5 +251,8 @@ def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> Mas
         ),
         mask_predictor=build_mask_predictor(cfg),
         candidates_per_img=cfg.box_candidates_per_img,
+        box_convention=cfg.box_convention,
+        rpn_min_size=cfg.rpn_min_size,
+        clip_proposals_to_padded=cfg.clip_proposals_to_padded,
         **mask_rcnn_arguments(cfg, backbone_weights=backbone_weights),
     )

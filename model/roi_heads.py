@@ -10,25 +10,30 @@ Differences from torchvision, all deliberate:
   threshold), so neither ``[N, K, M, M]`` nor ``[R, 4(K+1)]`` is ever built;
 * inference caps the (RoI, class) candidates entering NMS (``candidates_per_img``): at K=3000
   and a low threshold there can be millions, and NMS is quadratic in them.
+* inference post-processing is :func:`model.postprocess.select_detections`, the function the
+  ONNX export runs, with a box convention (torchvision's or Detectron's "+1", see
+  docs/detectron_conventions.md).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import boxes as box_ops
 
+from .boxes import CONTINUOUS, check_box_convention
 from .losses import box_losses, partial_mask_loss
+from .postprocess import select_detections
 from .predictors import ClassSpecificBoxPredictor, MaskPredictor
 
 
 class MaskXRoIHeads(RoIHeads):
     """Box and mask heads with partial supervision.
 
-    Constructed like torchvision's ``RoIHeads`` (plus ``candidates_per_img``); requires a
-    :class:`ClassSpecificBoxPredictor` and a :class:`MaskPredictor`.
+    Constructed like torchvision's ``RoIHeads`` (plus ``candidates_per_img`` and
+    ``box_convention``, see :func:`model.postprocess.select_detections`); requires a
+    :class:`ClassSpecificBoxPredictor` and a :class:`MaskPredictor`. The RoI poolers carry their
+    own box convention (:class:`model.pooling.MaskXRoIAlign`).
 
     Training returns ``{loss_classifier, loss_box_reg, loss_mask}``; inference returns per image
     ``boxes`` [N, 4], ``labels`` int64 [N], ``scores`` [N] and ``masks`` [N, 1, M, M]
@@ -38,8 +43,15 @@ class MaskXRoIHeads(RoIHeads):
     box_predictor: ClassSpecificBoxPredictor
     mask_predictor: MaskPredictor
 
-    def __init__(self, *args, candidates_per_img: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        candidates_per_img: int | None = None,
+        box_convention: str = CONTINUOUS,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        check_box_convention(box_convention)
         if not isinstance(self.box_predictor, ClassSpecificBoxPredictor):
             raise TypeError(
                 "box_predictor must be a ClassSpecificBoxPredictor, "
@@ -50,6 +62,7 @@ class MaskXRoIHeads(RoIHeads):
                 f"mask_predictor must be a MaskPredictor, got {type(self.mask_predictor).__name__}"
             )
         self.candidates_per_img = candidates_per_img
+        self.box_convention = box_convention
 
     # ------------------------------------------------------------------------------ training
     def check_targets(self, targets: list[dict[str, Tensor]] | None) -> None:
@@ -170,10 +183,12 @@ class MaskXRoIHeads(RoIHeads):
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Scores → candidates → class-specific boxes → per-class NMS → top detections.
+        """Scores → candidates → class-specific boxes → per-class NMS → top detections, by
+        :func:`model.postprocess.select_detections` (the function the ONNX export runs).
 
         Same result as torchvision's ``postprocess_detections`` when ``candidates_per_img`` is
-        None (up to float rounding), but box deltas are computed only for candidates.
+        None and the box convention continuous (up to float rounding), but box deltas are
+        computed only for candidates.
 
         Args:
             class_logits: [R, K+1] for all RoIs of the batch.
@@ -183,32 +198,30 @@ class MaskXRoIHeads(RoIHeads):
         Returns:
             per image: boxes [N, 4], scores [N], labels int64 [N] (1..K), N ≤ detections_per_img.
         """
-        num_classes = class_logits.shape[-1]
         per_image = [p.shape[0] for p in proposals]
-        scores_list = F.softmax(class_logits, -1).split(per_image)
-        feats_list = box_features.split(per_image)
-
+        sizes = torch.as_tensor(image_shapes, dtype=torch.int64, device=class_logits.device)
         all_boxes, all_scores, all_labels = [], [], []
-        for scores, feats, props, image_shape in zip(
-            scores_list, feats_list, proposals, image_shapes, strict=True
+        # One image at a time: NMS groups then hold one image's classes, as in torchvision.
+        for i, (logits, feats, props) in enumerate(
+            zip(
+                class_logits.split(per_image), box_features.split(per_image), proposals, strict=True
+            )
         ):
-            flat = scores[:, 1:].reshape(-1)  # (RoI, class) pairs, class-minor like torchvision
-            cand = torch.where(flat > self.score_thresh)[0]
-            if self.candidates_per_img is not None and cand.numel() > self.candidates_per_img:
-                top = flat[cand].topk(self.candidates_per_img).indices
-                cand = cand[top.sort().values]
-            roi = torch.div(cand, num_classes - 1, rounding_mode="floor")
-            labels = cand - roi * (num_classes - 1) + 1
-            cand_scores = flat[cand]
-            deltas = self.box_predictor.box_deltas(feats[roi], labels)
-            boxes = self.box_coder.decode_single(deltas, props[roi])
-            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
-
-            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-            boxes, cand_scores, labels = boxes[keep], cand_scores[keep], labels[keep]
-            keep = box_ops.batched_nms(boxes, cand_scores, labels, self.nms_thresh)
-            keep = keep[: self.detections_per_img]
-            all_boxes.append(boxes[keep])
-            all_scores.append(cand_scores[keep])
-            all_labels.append(labels[keep])
+            boxes, scores, labels, _ = select_detections(
+                logits,
+                feats,
+                props,
+                torch.zeros(props.shape[0], dtype=torch.int64, device=props.device),
+                sizes[i : i + 1],
+                box_deltas=self.box_predictor.box_deltas,
+                box_coder=self.box_coder,
+                score_thresh=self.score_thresh,
+                nms_thresh=self.nms_thresh,
+                detections_per_img=self.detections_per_img,
+                candidates_per_img=self.candidates_per_img,
+                box_convention=self.box_convention,
+            )
+            all_boxes.append(boxes)
+            all_scores.append(scores)
+            all_labels.append(labels)
         return all_boxes, all_scores, all_labels

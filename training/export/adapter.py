@@ -2,10 +2,11 @@
 
 torchvision's detection models loop over the images of a batch in Python, which tracing
 unrolls into a graph of fixed batch size, and paste every mask into a full-image canvas. This
-adapter computes the same detections with tensor operations over the whole batch (every box
-carries its ``batch_index``; per-image NMS is class-and-image-offset NMS; per-image top-k is a
-rank computed with a cumulative sum), so the exported graph takes any batch size, and it stops
-at box-local mask probabilities.
+adapter runs the model's own batch-wide post-processing functions (:mod:`model.postprocess`,
+:meth:`model.pooling.MaskXRoIAlign.pool`: every box carries its ``batch_index``), so the
+exported graph takes any batch size and follows the model's conventions
+(``anchor_style``, ``box_convention``, ``rpn_min_size``, ``clip_proposals_to_padded``) as
+eager inference does, and it stops at box-local mask probabilities.
 
 The mask weights of all K classes are baked: ``W_seg = τ(W_det)`` is computed once here and
 stored as a constant ``[K, D]`` (no weight-transfer MLP in the graph).
@@ -27,13 +28,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
-from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops import boxes as box_ops
-from torchvision.ops.poolers import _filter_input, _setup_scales
 
 from model import (
     ClassAgnosticMaskPredictor,
@@ -41,6 +38,7 @@ from model import (
     MaskXRCNN,
     WeightTransferMaskPredictor,
 )
+from model.postprocess import select_detections
 
 
 def baked_mask_weights(model: MaskXRCNN) -> tuple[Tensor, Tensor | None]:
@@ -59,54 +57,6 @@ def baked_mask_weights(model: MaskXRCNN) -> tuple[Tensor, Tensor | None]:
         if isinstance(pred, ClassAgnosticMaskPredictor):
             return pred.mask_fcn_logits.weight.flatten(1).clone(), pred.mask_fcn_logits.bias.clone()
     raise TypeError(f"cannot export mask predictor {type(pred).__name__}")
-
-
-def rank_within_group(group: Tensor, num_groups: Tensor | int) -> Tensor:
-    """0-based position of each element among the elements of its group, in input order.
-
-    ``group`` int64 [N] with values in [0, num_groups). Traceable (one-hot cumulative sum).
-    """
-    onehot = (group[:, None] == torch.arange(num_groups, device=group.device)[None, :]).to(
-        torch.int64
-    )
-    return (onehot.cumsum(0) * onehot).sum(1) - 1
-
-
-def pool_rois(
-    pooler: MultiScaleRoIAlign, features: dict[str, Tensor], rois: Tensor, image_hw: tuple[int, int]
-) -> Tensor:
-    """Multi-scale RoIAlign of rois [N, 5] (batch index, x1, y1, x2, y2) → [N, C, S, S]."""
-    x = _filter_input(features, pooler.featmap_names)
-    if pooler.scales is None or pooler.map_levels is None:
-        pooler.scales, pooler.map_levels = _setup_scales(
-            x, [image_hw], pooler.canonical_scale, pooler.canonical_level
-        )
-    levels = pooler.map_levels([rois[:, 1:]])
-    out = torch.zeros(
-        (rois.shape[0], x[0].shape[1], *pooler.output_size), dtype=x[0].dtype, device=x[0].device
-    )
-    for level, (feature, scale) in enumerate(zip(x, pooler.scales, strict=True)):
-        idx = torch.where(levels == level)[0]
-        pooled = roi_align(
-            feature,
-            rois[idx],
-            output_size=pooler.output_size,
-            spatial_scale=scale,
-            sampling_ratio=pooler.sampling_ratio,
-        )
-        index = idx.view(-1, 1, 1, 1).expand(-1, pooled.shape[1], pooled.shape[2], pooled.shape[3])
-        out = out.scatter(0, index, pooled)
-    return out
-
-
-def _clip(boxes: Tensor, sizes: Tensor) -> Tensor:
-    """Clip boxes [N, 4] to per-box (height, width) sizes [N, 2]."""
-    h = sizes[:, 0:1].to(boxes.dtype)
-    w = sizes[:, 1:2].to(boxes.dtype)
-    zero = torch.zeros_like(h)
-    x = torch.min(torch.max(boxes[:, 0::2], zero), w)
-    y = torch.min(torch.max(boxes[:, 1::2], zero), h)
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
 
 
 class ExportAdapter(nn.Module):
@@ -130,7 +80,6 @@ class ExportAdapter(nn.Module):
         self.register_buffer("mask_bias", bias if bias is not None else torch.zeros(0))
         self.has_bias = bias is not None
         self.class_agnostic = isinstance(rh.mask_predictor, ClassAgnosticMaskPredictor)
-        self.num_classes = model.num_classes
 
     # ---------------------------------------------------------------------------------------
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
@@ -157,7 +106,8 @@ class ExportAdapter(nn.Module):
     def propose(
         self, x: Tensor, features: dict[str, Tensor], image_sizes: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """RPN on the whole batch → proposals [P, 4] and their batch index [P]."""
+        """RPN on the whole batch → proposals [P, 4] and their batch index [P]
+        (:meth:`model.rpn.MaskXRPN.select`, as the eager RPN)."""
         rpn = self.model.rpn
         feats = list(features.values())
         objectness, deltas = rpn.head(feats)
@@ -169,29 +119,8 @@ class ExportAdapter(nn.Module):
         props = rpn.box_coder.decode_single(
             deltas.detach(), anchors[None].expand(b, -1, -1).reshape(-1, 4)
         ).view(b, -1, 4)
-        objectness = objectness.detach().reshape(b, -1)
-        levels = torch.cat(
-            [torch.full((n,), i, dtype=torch.int64, device=x.device)
-             for i, n in enumerate(num_anchors_per_level)]
-        )  # fmt: skip
-        top = rpn._get_top_n_idx(objectness, num_anchors_per_level)  # [B, T]
-        bidx = torch.arange(b, device=x.device)[:, None].expand_as(top)
-        scores = objectness.gather(1, top).sigmoid().reshape(-1)
-        props = props[bidx, top].reshape(-1, 4)
-        lvl = levels[top].reshape(-1)
-        bidx = bidx.reshape(-1)
-        props = _clip(props, image_sizes[bidx])
-        keep = torch.where(
-            ((props[:, 2] - props[:, 0]) >= rpn.min_size)
-            & ((props[:, 3] - props[:, 1]) >= rpn.min_size)
-            & (scores >= rpn.score_thresh)
-        )[0]
-        props, scores, lvl, bidx = props[keep], scores[keep], lvl[keep], bidx[keep]
-        keep = box_ops.batched_nms(
-            props, scores, bidx * len(num_anchors_per_level) + lvl, rpn.nms_thresh
-        )
-        keep = keep[rank_within_group(bidx[keep], b) < rpn.post_nms_top_n()]
-        return props[keep], bidx[keep]
+        boxes, _, batch = rpn.select(props, objectness, image_sizes, num_anchors_per_level)
+        return boxes, batch
 
     def detect(
         self,
@@ -201,41 +130,25 @@ class ExportAdapter(nn.Module):
         x: Tensor,
         image_sizes: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Box head → candidates → class-specific boxes → NMS per (image, class) → top-N."""
+        """Box head → :func:`model.postprocess.select_detections`, as the eager RoI heads."""
         rh = self.model.roi_heads
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        hw = [(int(x.shape[-2]), int(x.shape[-1]))]
         rois = torch.cat([batch[:, None].to(proposals.dtype), proposals], dim=1)
-        feats = rh.box_head(pool_rois(rh.box_roi_pool, features, rois, hw))
-        scores = F.softmax(rh.box_predictor.class_logits(feats), -1)[:, 1:]  # [R, K]
-        k = scores.shape[1]
-        flat = scores.reshape(-1)
-        cand = torch.where(flat > rh.score_thresh)[0]
-        roi = torch.div(cand, k, rounding_mode="floor")
-        if rh.candidates_per_img is not None:
-            order = flat[cand].argsort(descending=True)
-            cand, roi = cand[order], roi[order]
-            keep = rank_within_group(batch[roi], x.shape[0]) < rh.candidates_per_img
-            cand, roi = cand[keep], roi[keep]
-        labels = cand - roi * k + 1
-        cand_scores = flat[cand]
-        cand_batch = batch[roi]
-        deltas = rh.box_predictor.box_deltas(feats[roi], labels)
-        boxes = rh.box_coder.decode_single(deltas, proposals[roi])
-        boxes = _clip(boxes, image_sizes[cand_batch])
-        keep = torch.where(
-            ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
-        )[0]
-        boxes, cand_scores, labels, cand_batch = (
-            boxes[keep],
-            cand_scores[keep],
-            labels[keep],
-            cand_batch[keep],
+        feats = rh.box_head(rh.box_roi_pool.pool(features, rois, hw))
+        return select_detections(
+            rh.box_predictor.class_logits(feats),
+            feats,
+            proposals,
+            batch,
+            image_sizes,
+            box_deltas=rh.box_predictor.box_deltas,
+            box_coder=rh.box_coder,
+            score_thresh=rh.score_thresh,
+            nms_thresh=rh.nms_thresh,
+            detections_per_img=rh.detections_per_img,
+            candidates_per_img=rh.candidates_per_img,
+            box_convention=rh.box_convention,
         )
-        keep = box_ops.batched_nms(boxes, cand_scores, cand_batch * (k + 1) + labels, rh.nms_thresh)
-        keep = keep[rank_within_group(cand_batch[keep], x.shape[0]) < rh.detections_per_img]
-        # Group by image, each by score descending (scores are in [0, 1]).
-        keep = keep[(cand_batch[keep].to(cand_scores.dtype) * 2.0 - cand_scores[keep]).argsort()]
-        return boxes[keep], cand_scores[keep], labels[keep], cand_batch[keep]
 
     def masks(
         self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor, batch: Tensor, x: Tensor
@@ -243,9 +156,9 @@ class ExportAdapter(nn.Module):
         """Box-local mask probabilities [N, M, M] of each detection's class."""
         rh = self.model.roi_heads
         pred = rh.mask_predictor
-        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        hw = [(int(x.shape[-2]), int(x.shape[-1]))]
         rois = torch.cat([batch[:, None].to(boxes.dtype), boxes], dim=1)
-        m = pred.mask_features(rh.mask_head(pool_rois(rh.mask_roi_pool, features, rois, hw)))
+        m = pred.mask_features(rh.mask_head(rh.mask_roi_pool.pool(features, rois, hw)))
         index = torch.zeros_like(labels) if self.class_agnostic else labels - 1
         weight = self.mask_weight[index]
         bias = self.mask_bias[index] if self.has_bias else None

@@ -1,0 +1,205 @@
+"""Inference post-processing as pure, traceable functions over a whole batch: the RPN's
+proposal selection and the detection post-process. The eager heads (:class:`model.rpn.MaskXRPN`,
+:class:`model.roi_heads.MaskXRoIHeads`) and the ONNX export adapter call the same functions.
+
+Every box carries its image's ``batch`` index instead of living in a per-image list, so that a
+traced graph takes any batch size: per-image NMS is NMS per (image, group) and a per-image
+top-k is a rank within the image (:func:`rank_within_group`). Boxes are continuous
+(x1, y1, x2, y2) in input pixels; ``box_convention`` says which conventions apply to them
+(:mod:`model.boxes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import boxes as box_ops
+
+from .boxes import CONTINUOUS, LEGACY, check_box_convention, clip_boxes, wide_enough
+
+DETECTION_MIN_SIZE = 1e-2
+"""torchvision's small-box filter on final detections (continuous convention only: Detectron's
+``box_results_with_nms_and_limit`` has none)."""
+
+
+def rank_within_group(group: Tensor, num_groups: Tensor | int) -> Tensor:
+    """0-based position of each element among the elements of its group, in input order.
+
+    ``group`` int64 [N] with values in [0, num_groups). Traceable (one-hot cumulative sum).
+    """
+    onehot = (group[:, None] == torch.arange(num_groups, device=group.device)[None, :]).to(
+        torch.int64
+    )
+    return (onehot.cumsum(0) * onehot).sum(1) - 1
+
+
+def stable_argsort(values: Tensor, descending: bool = False) -> Tensor:
+    """``argsort`` that keeps ties in input order, in eager PyTorch and in the exported graph
+    alike, so that equal scores (a flat image gives many) pick the same boxes in both.
+
+    A traced ``argsort`` becomes ONNX ``TopK``, which ONNX Runtime resolves ties of by index;
+    the exporter refuses ``stable=True``, and eager ``argsort`` without it does not keep ties.
+    """
+    if torchvision._is_tracing():
+        return values.argsort(descending=descending)
+    return values.argsort(descending=descending, stable=True)
+
+
+def by_score(keep: Tensor, scores: Tensor) -> Tensor:
+    """``keep`` (indices into ``scores``) ordered by score, descending, ties by index.
+
+    NMS returns its survivors by score, but the order of equal scores depends on the path
+    (torchvision sorts a large batched NMS without keeping ties; ONNX Runtime keeps them),
+    and that order decides which RoIs a later cut keeps and which candidate wins a tie.
+    """
+    keep = keep.sort().values
+    return keep[stable_argsort(scores[keep], descending=True)]
+
+
+def top_n_per_level(objectness: Tensor, num_anchors_per_level: list[int], n: int) -> Tensor:
+    """Indices [B, T] of the ``n`` highest scores of each level (torchvision's
+    ``RegionProposalNetwork._get_top_n_idx``; Detectron's ``RPN_PRE_NMS_TOP_N`` per level).
+
+    Args:
+        objectness: [B, A] anchor logits (or probabilities), levels concatenated.
+        num_anchors_per_level: anchors of each level, summing to A.
+    """
+    picked = []
+    offset = 0
+    for scores in objectness.split(num_anchors_per_level, 1):
+        k = det_utils._topk_min(scores, n, 1)
+        picked.append(scores.topk(k, dim=1).indices + offset)
+        offset += scores.shape[1]
+    return torch.cat(picked, dim=1)
+
+
+def select_proposals(
+    proposals: Tensor,
+    objectness: Tensor,
+    num_anchors_per_level: list[int],
+    clip_sizes: Tensor,
+    *,
+    pre_nms_top_n: int,
+    post_nms_top_n: int,
+    nms_thresh: float,
+    min_size: float,
+    score_thresh: float = 0.0,
+    box_convention: str = CONTINUOUS,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """RPN proposals of a batch: per level top-n → clip → min size → NMS per level → top-n.
+
+    The same as Detectron's ``GenerateProposals`` per FPN level followed by
+    ``collect_and_distribute``'s top-n over levels: a per-level cut at ``post_nms_top_n``
+    cannot remove what the cut over all levels keeps.
+
+    Args:
+        proposals: float [B, A, 4], decoded anchors (continuous), levels concatenated.
+        objectness: float [B, A], logits.
+        num_anchors_per_level: anchors of each level, summing to A.
+        clip_sizes: int64 [B, 2], (height, width) each image's proposals are clipped to.
+        pre_nms_top_n: proposals kept per level and image before NMS.
+        post_nms_top_n: proposals kept per image after NMS.
+        nms_thresh: IoU above which NMS suppresses (within one image and level).
+        min_size: minimum width and height, input pixels.
+        score_thresh: minimum objectness probability.
+        box_convention: how to clip (:func:`model.boxes.clip_boxes`).
+    Returns:
+        boxes float [P, 4], scores float [P] (probabilities), batch int64 [P]; each image's
+        proposals by score, descending.
+    """
+    check_box_convention(box_convention)
+    b = proposals.shape[0]
+    device = proposals.device
+    objectness = objectness.reshape(b, -1)
+    levels = torch.cat(
+        [torch.full((n,), i, dtype=torch.int64, device=device)
+         for i, n in enumerate(num_anchors_per_level)]
+    )  # fmt: skip
+    top = top_n_per_level(objectness, num_anchors_per_level, pre_nms_top_n)  # [B, T]
+    batch = torch.arange(b, device=device)[:, None].expand_as(top)
+    scores = objectness.gather(1, top).sigmoid().reshape(-1)
+    boxes = proposals[batch, top].reshape(-1, 4)
+    level = levels[top].reshape(-1)
+    batch = batch.reshape(-1)
+    boxes = clip_boxes(boxes, clip_sizes[batch], box_convention)
+    keep = torch.where(wide_enough(boxes, min_size) & (scores >= score_thresh))[0]
+    boxes, scores, level, batch = boxes[keep], scores[keep], level[keep], batch[keep]
+    groups = batch * len(num_anchors_per_level) + level
+    keep = by_score(box_ops.batched_nms(boxes, scores, groups, nms_thresh), scores)
+    keep = keep[rank_within_group(batch[keep], b) < post_nms_top_n]
+    return boxes[keep], scores[keep], batch[keep]
+
+
+def select_detections(
+    class_logits: Tensor,
+    box_features: Tensor,
+    proposals: Tensor,
+    proposal_batch: Tensor,
+    image_sizes: Tensor,
+    *,
+    box_deltas: Callable[[Tensor, Tensor], Tensor],
+    box_coder: det_utils.BoxCoder,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+    candidates_per_img: int | None = None,
+    box_convention: str = CONTINUOUS,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Detections of a batch: scores → (RoI, class) candidates → class-specific boxes → clip →
+    small-box filter → NMS per (image, class) → top detections per image.
+
+    Box deltas are computed for candidates only (``box_deltas``), so nothing of size
+    [R, 4(K+1)] is built. K is the width of ``class_logits`` less the background column.
+
+    Args:
+        class_logits: float [R, K+1] of all RoIs of the batch.
+        box_features: float [R, D], the box head's features of the same RoIs.
+        proposals: float [R, 4], the RoIs (continuous).
+        proposal_batch: int64 [R], each RoI's image.
+        image_sizes: int64 [B, 2], (height, width) each image's boxes are clipped to.
+        box_deltas: ``(features [N, D], labels [N]) -> deltas [N, 4]`` of each label's class
+            (:meth:`model.predictors.ClassSpecificBoxPredictor.box_deltas`).
+        box_coder: decodes deltas on the RoIs.
+        score_thresh: candidates need a score above it (Detectron: ``> 0.05``).
+        nms_thresh: per-class NMS IoU threshold.
+        detections_per_img: detections kept per image, best first.
+        candidates_per_img: cap on (RoI, class) candidates per image entering NMS, best
+            first; None keeps all (torchvision, Detectron).
+        box_convention: ``continuous`` clips to [0, W] and drops boxes under 1e-2 px;
+            ``legacy`` clips as Detectron (:func:`model.boxes.clip_boxes`) and drops none.
+    Returns:
+        boxes float [N, 4] (continuous), scores float [N], labels int64 [N] in 1..K,
+        batch int64 [N]; detections of one image contiguous, by score descending.
+    """
+    check_box_convention(box_convention)
+    num_images = image_sizes.shape[0]
+    num_classes = class_logits.shape[1] - 1  # K, derived here only
+    flat = F.softmax(class_logits, -1)[:, 1:].reshape(-1)  # (RoI, class) pairs, class-minor
+    cand = torch.where(flat > score_thresh)[0]
+    roi = torch.div(cand, num_classes, rounding_mode="floor")
+    if candidates_per_img is not None:
+        # The best candidates_per_img of each image, kept in (RoI, class) order.
+        order = stable_argsort(flat[cand], descending=True)
+        ranked = rank_within_group(proposal_batch[roi[order]], num_images) < candidates_per_img
+        keep = torch.zeros_like(ranked).scatter(0, order, ranked)
+        cand, roi = cand[keep], roi[keep]
+    labels = cand - roi * num_classes + 1
+    scores = flat[cand]
+    batch = proposal_batch[roi]
+    deltas = box_deltas(box_features[roi], labels)
+    boxes = box_coder.decode_single(deltas, proposals[roi])
+    boxes = clip_boxes(boxes, image_sizes[batch], box_convention)
+    if box_convention != LEGACY:
+        keep = torch.where(wide_enough(boxes, DETECTION_MIN_SIZE))[0]
+        boxes, scores, labels, batch = boxes[keep], scores[keep], labels[keep], batch[keep]
+    keep = box_ops.batched_nms(boxes, scores, batch * (num_classes + 1) + labels, nms_thresh)
+    keep = by_score(keep, scores)
+    keep = keep[rank_within_group(batch[keep], num_images) < detections_per_img]
+    # Group by image, each by score descending (scores are in [0, 1]).
+    keep = keep[stable_argsort(batch[keep].to(scores.dtype) * 2.0 - scores[keep])]
+    return boxes[keep], scores[keep], labels[keep], batch[keep]
