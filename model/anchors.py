@@ -73,23 +73,41 @@ class DetectronAnchorGenerator(AnchorGenerator):
     Args:
         sizes: one tuple of sizes per feature map (maskx: one size per level).
         aspect_ratios: one tuple of height / width ratios per feature map.
+        strides: each level's stride (Detectron's 2**level). Without them the stride is
+            inferred from the image and feature sizes (:func:`nominal_stride`), which cannot be
+            done where a small side makes a coarse level's grid a single cell (a 32-pixel-high
+            image's P6 is 1 × 2 at stride 64 whichever way it is rounded).
 
     ``forward(image_list, feature_maps)`` returns, per image, continuous anchors [A_total, 4]
     ordered level by level, then (y, x, anchor), as torchvision's generator does.
     """
 
+    def __init__(
+        self,
+        sizes: Sequence[Sequence[float]],
+        aspect_ratios: Sequence[Sequence[float]],
+        strides: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in aspect_ratios))
+        if strides is not None and len(strides) != len(self.sizes):
+            raise ValueError(f"need one stride per level ({len(self.sizes)}), got {list(strides)}")
+        self.strides = None if strides is None else tuple(int(s) for s in strides)
+
     def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
         image_h, image_w = image_list.tensors.shape[-2:]
         dtype, device = feature_maps[0].dtype, feature_maps[0].device
         levels = []
-        for feature, sizes, ratios in zip(
-            feature_maps, self.sizes, self.aspect_ratios, strict=True
+        for k, (feature, sizes, ratios) in enumerate(
+            zip(feature_maps, self.sizes, self.aspect_ratios, strict=True)
         ):
             grid_h, grid_w = feature.shape[-2:]
             # Python ints: the stride is a constant of the architecture (also when traced),
             # while the grid below stays dynamic.
-            stride = nominal_stride(int(image_h), int(grid_h))
-            if stride != nominal_stride(int(image_w), int(grid_w)):
+            if self.strides is not None:
+                stride = self.strides[k]
+            elif (stride := nominal_stride(int(image_h), int(grid_h))) != nominal_stride(
+                int(image_w), int(grid_w)
+            ):
                 raise ValueError(
                     f"feature map {tuple(feature.shape[-2:])} of an image "
                     f"{(int(image_h), int(image_w))} has different strides along y and x"

@@ -33,6 +33,9 @@ from .predictors import (
 from .roi_heads import MaskXRoIHeads
 from .rpn import MaskXRPN
 
+FPN_STRIDES = (4, 8, 16, 32, 64)
+"""Strides of the FPN levels '0'..'3' and 'pool' of the ResNet and tiny backbones (P2..P6)."""
+
 
 class MaskXRCNN(MaskRCNN):
     """Mask R-CNN whose mask branch can segment classes that had no mask supervision.
@@ -207,7 +210,13 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
         raise ValueError(
             f"anchor_sizes needs {levels} values (one per FPN level), got {list(cfg.anchor_sizes)}"
         )
-    generator = DetectronAnchorGenerator if cfg.anchor_style == "detectron" else AnchorGenerator
+    ratios = (tuple(cfg.aspect_ratios),) * levels
+    if cfg.anchor_style == "detectron":
+        # The ResNet and tiny trunks give FPN levels P2..P6, Detectron's strides 2**level.
+        strides = None if cfg.backbone == "mobilenet_v3" else FPN_STRIDES
+        anchor_generator = DetectronAnchorGenerator(anchor_sizes, ratios, strides)
+    else:
+        anchor_generator = AnchorGenerator(anchor_sizes, ratios)
     c = backbone.out_channels
     names = ["0", "1", "2", "3"]
     return {
@@ -217,7 +226,7 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
         "size_divisible": cfg.size_divisible,
         "image_mean": list(cfg.image_mean),
         "image_std": list(cfg.image_std),
-        "rpn_anchor_generator": generator(anchor_sizes, (tuple(cfg.aspect_ratios),) * levels),
+        "rpn_anchor_generator": anchor_generator,
         "rpn_pre_nms_top_n_train": cfg.rpn_pre_nms_top_n_train,
         "rpn_pre_nms_top_n_test": cfg.rpn_pre_nms_top_n_test,
         "rpn_post_nms_top_n_train": cfg.rpn_post_nms_top_n_train,
