@@ -106,6 +106,19 @@ class ServiceMetrics:
             ["name", "version", "provider"],
             registry=r,
         )
+        self.provider_fallback = Gauge(
+            "maskx_provider_fallback",
+            "1 when ONNX Runtime runs on another provider than MASKX_PROVIDERS asks for (e.g. "
+            "CUDA asked, CPU used: MASKX_ALLOW_CPU_FALLBACK=true or 'auto'), else 0.",
+            ["requested", "provider"],
+            registry=r,
+        )
+
+    def set_provider(self, requested: str, provider: str) -> None:
+        self.provider_fallback.clear()
+        self.provider_fallback.labels(requested=requested, provider=provider).set(
+            int(requested != provider)
+        )
 
     def bind_queue(self, depth: Callable[[], float], capacity: int) -> None:
         """Read the queue depth at scrape time instead of tracking every put and get."""

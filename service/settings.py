@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         description="Comma list of tensorrt,cuda,cpu in order of preference, or 'auto' "
         "(CUDA when available, else CPU). TensorRT is opt-in only.",
     )
+    allow_cpu_fallback: bool = Field(
+        False,
+        description="Serve on the CPU when the TensorRT or CUDA provider that MASKX_PROVIDERS "
+        "names cannot run (driver, library, onnxruntime build). Off: the worker refuses to start "
+        "and says why, since a GPU worker on the CPU passes its probes at a fraction of the "
+        "speed. On: it starts, warns, and maskx_provider_fallback reads 1. 'auto' never refuses.",
+    )
     max_batch_size: int = Field(4, ge=1, le=256, description="Most requests per ONNX Runtime call.")
     max_batch_delay_ms: float = Field(
         5.0, ge=0.0, le=10_000.0, description="Longest wait to fill a batch."
