@@ -56,6 +56,10 @@ class Worker:
             not_ready_reason=lambda: self.batcher.warmup_error,
         )
         metrics.consecutive_failures.set_function(lambda: self.batcher.consecutive_failures)
+        metrics.healthy.set_function(lambda: float(self.healthy))
+        metrics.ready.set_function(
+            lambda: float(self.batcher.ready and not self.admission.draining)
+        )
         self._provider = ""
         self.refresh_model_info()
 
