@@ -3,6 +3,7 @@ port, probe paths and setting names."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,12 @@ def test_every_manifest_parses_and_kustomization_lists_them() -> None:
     assert kustomization["kind"] == "Kustomization"
     resources = set(kustomization["resources"])
     assert resources <= files, f"kustomization.yaml lists missing files {resources - files}"
-    # Not applied by default: Helm values and an optional Prometheus Operator resource.
+    # Not applied by default: Helm values and the optional Prometheus Operator resources.
     assert files - resources == {
         "kustomization.yaml",
         "prometheus-adapter-values.yaml",
         "servicemonitor.yaml",
+        "prometheusrule.yaml",
     }
     for name in files - NOT_OBJECTS:
         load(name)
@@ -162,3 +164,57 @@ def test_readme_mentions_every_manifest() -> None:
     missing = [p.name for p in K8S.glob("*.yaml") if p.name not in readme]
     assert not missing, f"deploy/README.md does not mention {missing}"
     assert Path(DEPLOY / "smoke.sh").name in readme
+
+
+def test_prometheus_rule_carries_the_alerts_of_the_compose_stack() -> None:
+    rule = load("prometheusrule.yaml")[0]
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "prometheusrule.yaml differs from alerts.yml"
+
+
+def sanitized(label: str) -> str:
+    """A Kubernetes label name as Prometheus' kubernetes_sd turns it into a target label."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
+
+
+def labels_of(series: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="([^"]*)"', series))
+
+
+def test_alert_tests_label_series_as_the_scrape_configs_do(deployment: dict[str, Any]) -> None:
+    """The promtool cases feed series labelled as compose, the pod-annotation job and the
+    ServiceMonitor label them; each label set is derived here from the files that make it."""
+    selector_label = "app_kubernetes_io_name"
+    cases = yaml.safe_load((DEPLOY / "prometheus" / "alerts.test.yml").read_text())["tests"]
+    down = [labels_of(s["series"]) for s in cases[0]["input_series"]]
+    by_job = {labels["job"]: labels for labels in down if labels.get(selector_label) != "web"}
+    # Compose: prometheus.yml's maskx job and its static labels.
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "maskx")
+    static = job["static_configs"][0]
+    compose = {"job": "maskx", "instance": static["targets"][0], **static["labels"]}
+    assert by_job["maskx"] == compose
+    # Pod annotations: labelmap copies the pod template's labels.
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    value = pod_labels["app.kubernetes.io/name"]
+    annotated = by_job["kubernetes-pods"]
+    assert annotated[sanitized("app.kubernetes.io/name")] == value
+    assert {"namespace", "pod"} <= annotated.keys()
+    # ServiceMonitor: job and service are the Service's name, endpoint its port name, and the
+    # pod label arrives through podTargetLabels.
+    monitor = load("servicemonitor.yaml")[0]
+    service = one("Service")
+    assert "jobLabel" not in monitor["spec"]
+    assert "app.kubernetes.io/name" in monitor["spec"]["podTargetLabels"]
+    monitored = by_job[service["metadata"]["name"]]
+    assert monitored["service"] == service["metadata"]["name"]
+    assert monitored["endpoint"] == monitor["spec"]["endpoints"][0]["port"]
+    assert monitored["container"] == deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+    assert monitored[selector_label] == value
+    # The alerts select the workers by that very label and value.
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert f'up{{{selector_label}="{value}"}}' in exprs["MaskxTargetDown"]
+    assert f'deployment="{deployment["metadata"]["name"]}"' in exprs["MaskxPodsNotReady"]
+    assert all('job="' not in e for e in exprs.values()), "no alert may depend on a job name"

@@ -35,6 +35,13 @@ def test_the_required_alerts_exist_and_are_tested() -> None:
         "MaskxHighP99Latency",
         "MaskxHighErrorRate",
         "MaskxQueueSaturated",
+        "MaskxRequestsRejected",
+        "MaskxNoWorkerScraped",
+        "MaskxProviderFallback",
+        "MaskxWorkerUnhealthy",
+        "MaskxInferenceFailures",
+        "MaskxWorkerNotReady",
+        "MaskxPodsNotReady",
     }
     assert required <= alerts, f"missing alerts: {sorted(required - alerts)}"
     cases = yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"]
