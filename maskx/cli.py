@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export.cli", "export a checkpoint to ONNX with baked mask weights"),
     "serve": ("service.cli", "serve an exported model over HTTP"),
     "predict": ("service.predict", "segment images offline: overlay PNG + JSON"),
+    "fetch-model": (
+        "service.model_source",
+        "copy a model from a URL into a file, checked by its sha256 (an init container's job)",
+    ),
     "bench": ("maskx.bench.cli", "run a benchmark (heads, export, service, postprocess, ...)"),
 }
 
