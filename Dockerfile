@@ -161,7 +161,10 @@ RUN pip install --no-deps --no-build-isolation . \
 
 FROM gpu-base AS serve-gpu
 ARG MODEL_DIR
-RUN useradd --create-home --uid 10001 --user-group maskx
+# The TensorRT cache folder (MASKX_TRT_CACHE_DIR) exists, owned by the worker's user, so that a
+# fresh named volume mounted there takes that owner (Docker copies it) and the worker can write.
+RUN useradd --create-home --uid 10001 --user-group maskx \
+    && install -d -o 10001 -g 10001 /var/cache/maskx/tensorrt
 COPY --from=serve-gpu-build /opt/venv /opt/venv
 COPY ${MODEL_DIR}/ /models/
 # CUDA, with the CPU provider for the nodes CUDA lacks. PyPI's onnxruntime-gpu also lists the

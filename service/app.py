@@ -270,6 +270,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 intra_op_threads=settings.intra_op_threads,
                 spinning=settings.ort_spinning,
                 allow_cpu_fallback=settings.allow_cpu_fallback,
+                max_batch_size=settings.max_batch_size,
+                trt_cache_dir=settings.trt_cache_dir,
             )
             try:
                 rt = await loop.run_in_executor(None, open_session)

@@ -15,10 +15,9 @@ from typing import Protocol
 import numpy as np
 
 from service.contract import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ModelMetadata
+from service.tensorrt import TENSORRT_EXCLUDED_OPS, tensorrt_options
 
 log = logging.getLogger("maskx.service")
-
-TENSORRT_EXCLUDED_OPS = "NonMaxSuppression,NonZero,RoiAlign"
 
 _ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -174,7 +173,10 @@ class Runtime(Protocol):
 
 
 def select_providers(
-    requested: Sequence[str], available: Sequence[str]
+    requested: Sequence[str],
+    available: Sequence[str],
+    *,
+    tensorrt: dict[str, str] | None = None,
 ) -> tuple[list[str | tuple[str, dict[str, str]]], str]:
     """ONNX Runtime provider list for ``requested`` short names (or ``["auto"]``).
 
@@ -182,7 +184,8 @@ def select_providers(
     at start-up). TensorRT gets ``trt_op_types_to_exclude`` so that NMS, NonZero and RoiAlign stay
     on CUDA; CUDA gets ``cudnn_conv_algo_search=HEURISTIC`` because the default exhaustive search
     re-benchmarks convolutions for every new input shape (hundreds of ms per shape). CPU is always
-    appended as the fallback.
+    appended as the fallback. ``tensorrt`` replaces TensorRT's options (from
+    :func:`service.tensorrt.tensorrt_options`: profile and caches; the op exclusion included).
     """
     available = list(available)
     if list(requested) == ["auto"]:
@@ -202,11 +205,31 @@ def select_providers(
     providers: list[str | tuple[str, dict[str, str]]] = []
     for name in wanted:
         if name == "tensorrt":
-            providers.append((_ORT_NAMES[name], {"trt_op_types_to_exclude": TENSORRT_EXCLUDED_OPS}))
+            options = tensorrt or {"trt_op_types_to_exclude": TENSORRT_EXCLUDED_OPS}
+            providers.append((_ORT_NAMES[name], options))
         elif name == "cuda":
             providers.append((_ORT_NAMES[name], {"cudnn_conv_algo_search": "HEURISTIC"}))
     providers.append(_ORT_NAMES["cpu"])
     return providers, reason
+
+
+def _read_metadata(path: Path) -> ModelMetadata:
+    """The graph's metadata, read before the real session exists (TensorRT's profile needs the
+    model's sizes): a CPU session without graph optimisation, dropped at once."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ValueError(f"{path}: ONNX Runtime cannot load the model: {exc}") from exc
+    meta = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path}: metadata_props has no {METADATA_KEY!r} key")
+    return ModelMetadata.parse(meta[METADATA_KEY], source=str(path))
 
 
 class OnnxRuntimeSession:
@@ -220,6 +243,8 @@ class OnnxRuntimeSession:
         intra_op_threads: int = 0,
         spinning: bool = True,
         allow_cpu_fallback: bool = False,
+        max_batch_size: int = 1,
+        trt_cache_dir: Path | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -230,7 +255,6 @@ class OnnxRuntimeSession:
                 "'maskx export' or point MASKX_MODEL_PATH at an .onnx file"
             )
         available = ort.get_available_providers()
-        provider_list, reason = select_providers(providers, available)
         self.requested_provider = requested_provider(providers, available)
         # `auto` takes what works; a provider named in the list is a promise to be kept.
         strict = list(providers) != ["auto"] and not allow_cpu_fallback
@@ -238,6 +262,12 @@ class OnnxRuntimeSession:
             # Refused before the model is read: nothing could change the outcome.
             raise self._unavailable(providers, explain_provider_failure(
                 self.requested_provider, available))  # fmt: skip
+        trt = None
+        if "tensorrt" in providers and _ORT_NAMES["tensorrt"] in available:
+            trt = tensorrt_options(
+                _read_metadata(path), max_batch_size=max_batch_size, cache_dir=trt_cache_dir
+            )
+        provider_list, reason = select_providers(providers, available, tensorrt=trt)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads  # 0: one per physical core
@@ -324,6 +354,8 @@ def load_runtime(
     intra_op_threads: int = 0,
     spinning: bool = True,
     allow_cpu_fallback: bool = False,
+    max_batch_size: int = 1,
+    trt_cache_dir: Path | None = None,
 ) -> Runtime:
     """Open ``model_path`` with ONNX Runtime (the production runtime).
 
@@ -332,6 +364,8 @@ def load_runtime(
     When ``providers`` names TensorRT or CUDA and the session would run on the CPU instead,
     :class:`ProviderUnavailableError` says why, unless ``allow_cpu_fallback``; ``["auto"]``
     always runs, on the CPU when it must (the fallback is logged and shown either way).
+    With TensorRT, ``max_batch_size`` bounds its optimisation profile and ``trt_cache_dir``
+    keeps its engine and timing caches (:mod:`service.tensorrt`).
     """
     return OnnxRuntimeSession(
         model_path,
@@ -339,4 +373,6 @@ def load_runtime(
         intra_op_threads=intra_op_threads,
         spinning=spinning,
         allow_cpu_fallback=allow_cpu_fallback,
+        max_batch_size=max_batch_size,
+        trt_cache_dir=trt_cache_dir,
     )

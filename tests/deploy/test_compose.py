@@ -138,9 +138,17 @@ def test_gpu_override_adds_the_gpu_and_keeps_the_rest(
     assert gpu_devices(gpu_model["services"]["trainer"])
     assert gpu_model["services"]["trainer"]["profiles"] == ["trainer"]
     cpu_seg = cpu_model["services"]["segmenter"]
-    assert {k: v for k, v in seg["environment"].items() if k != "MASKX_PROVIDERS"} == {
-        k: v for k, v in cpu_seg["environment"].items() if k != "MASKX_PROVIDERS"
+    gpu_only = {"MASKX_PROVIDERS", "MASKX_TRT_CACHE_DIR"}
+    assert {k: v for k, v in seg["environment"].items() if k not in gpu_only} == {
+        k: v for k, v in cpu_seg["environment"].items() if k not in gpu_only
     }
+    # TensorRT's caches live in a volume, at the folder the image makes for the worker's user.
+    cache = seg["environment"]["MASKX_TRT_CACHE_DIR"]
+    assert cpu_seg["environment"]["MASKX_TRT_CACHE_DIR"] == ""
+    assert f"trt-cache:{cache}:rw" in volume_strings(seg)
+    assert "trt-cache" in gpu_model["volumes"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"install -d -o 10001 -g 10001 {cache}" in dockerfile
     assert seg["image"] != cpu_seg["image"], "CPU and GPU images need distinct tags"
     assert seg["build"]["args"]["GPU_LOCK"] == "gpu-cuda13.txt"
 
