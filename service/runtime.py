@@ -42,9 +42,10 @@ _CU_ERRORS = {
 }
 
 
-class ProviderUnavailableError(RuntimeError):
+class ProviderUnavailableError(ValueError):
     """A GPU provider that ``MASKX_PROVIDERS`` asks for cannot run the session, and falling back
-    to the CPU is not allowed (``MASKX_ALLOW_CPU_FALLBACK``)."""
+    to the CPU is not allowed (``MASKX_ALLOW_CPU_FALLBACK``): a setting this machine cannot
+    honour, hence a ``ValueError``."""
 
 
 def requested_provider(requested: Sequence[str], available: Sequence[str]) -> str:

@@ -177,3 +177,19 @@ def test_reason_when_everything_loads_points_at_onnx_runtime_log(tmp_path: Path)
         "libonnxruntime_providers_shared.so",
         "libonnxruntime_providers_cuda.so",
     ]
+
+
+def test_predict_keeps_the_same_promise(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from maskx.cli import main
+    from service.testing import make_image
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(make_image(64, 48))
+    argv = ["predict", "--model", str(model_path), str(image), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--providers", "cuda", "--no-progress"]) == 1
+    assert "CUDA provider cannot run here" in capsys.readouterr().err
+    allowed = [*argv, "--providers", "cuda", "--allow-cpu-fallback", "--no-progress"]
+    assert main(allowed) == 0
+    assert (tmp_path / "o" / "a.json").is_file()
