@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -109,7 +110,10 @@ def fetch_model(url: str, dest: Path, sha256: str, *, timeout_s: float = 60.0) -
         log.info("%s already holds the model (sha256 %s); nothing to fetch", dest, sha256)
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.partial")
+    # A name of its own: two fetches into one shared folder must not write into one file.
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    os.close(fd)
+    partial = Path(name)
     digest = hashlib.sha256()
     size = 0
     t0 = time.monotonic()
