@@ -74,8 +74,11 @@ ARG MODEL_DIR
 RUN useradd --create-home --uid 10001 --user-group maskx
 COPY --from=serve-cpu-build /opt/venv /opt/venv
 COPY ${MODEL_DIR}/ /models/
+# No GPU provider in this image's onnxruntime: MASKX_PROVIDERS=cuda here is a mistake, refused
+# at start with the reason rather than served on the CPU it already uses.
 ENV MASKX_MODEL_PATH=/models/model.onnx \
     MASKX_PROVIDERS=cpu \
+    MASKX_ALLOW_CPU_FALLBACK=false \
     MASKX_HOST=0.0.0.0 \
     MASKX_PORT=8000
 # Numeric, so that Kubernetes' runAsNonRoot can verify that the user is not root.
@@ -158,14 +161,20 @@ RUN pip install --no-deps --no-build-isolation . \
 
 FROM gpu-base AS serve-gpu
 ARG MODEL_DIR
-RUN useradd --create-home --uid 10001 --user-group maskx
+# The TensorRT cache folder (MASKX_TRT_CACHE_DIR) exists, owned by the worker's user, so that a
+# fresh named volume mounted there takes that owner (Docker copies it) and the worker can write.
+RUN useradd --create-home --uid 10001 --user-group maskx \
+    && install -d -o 10001 -g 10001 /var/cache/maskx/tensorrt
 COPY --from=serve-gpu-build /opt/venv /opt/venv
 COPY ${MODEL_DIR}/ /models/
-# CUDA, with the CPU provider as the fallback. PyPI's onnxruntime-gpu also lists the TensorRT
-# provider, but this image carries no TensorRT libraries: deploy/README.md shows the TensorRT
-# build, after which MASKX_PROVIDERS=tensorrt,cuda,cpu uses it.
+# CUDA, with the CPU provider for the nodes CUDA lacks. PyPI's onnxruntime-gpu also lists the
+# TensorRT provider, but this image carries no TensorRT libraries: deploy/README.md shows the
+# TensorRT build, after which MASKX_PROVIDERS=tensorrt,cuda,cpu uses it.
+# Strict: on a node whose driver is too old or that has no GPU, the worker exits naming the
+# reason instead of passing its probes at CPU speed; MASKX_ALLOW_CPU_FALLBACK=true overrides.
 ENV MASKX_MODEL_PATH=/models/model.onnx \
     MASKX_PROVIDERS=cuda,cpu \
+    MASKX_ALLOW_CPU_FALLBACK=false \
     MASKX_HOST=0.0.0.0 \
     MASKX_PORT=8000 \
     NVIDIA_VISIBLE_DEVICES=all \

@@ -4,31 +4,83 @@
 #
 #   deploy/local-base.sh                 # makes maskx/debian-python:bookworm unless it exists
 #   deploy/local-base.sh --force         # makes it again
+#   deploy/local-base.sh --print-mirror  # prints the Debian mirror it would use, and exits
 #   docker build --build-arg PYTHON_IMAGE=maskx/debian-python:bookworm --target serve-cpu .
 #
 # Needs root (debootstrap), debootstrap and a running Docker engine. Settings (environment):
 #   MASKX_LOCAL_BASE   image name (default maskx/debian-python:bookworm)
-#   DEBIAN_MIRROR      Debian mirror (default http://deb.debian.org/debian)
+#   DEBIAN_MIRROR      Debian mirror (default: the one this machine's apt sources use for
+#                      bookworm, read from APT_DIR/sources.list and sources.list.d/)
+#   APT_DIR            where the apt sources are (default /etc/apt)
 #   MASKX_CA_BUNDLE    CA bundle copied into the image as its system-wide bundle (default: this
 #                      host's /etc/ssl/certs/ca-certificates.crt, which holds any TLS-intercepting
 #                      proxy's certificate the host trusts; pip in the image then trusts it too)
 set -euo pipefail
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+suite=bookworm
+
+# The URI of the first enabled `deb` source for $suite itself (not -updates or -security) in the
+# machine's apt sources, one-line (*.list) or deb822 (*.sources) format. No host is written in
+# this script: the machine knows which mirror it may reach (as pip's index comes from build args).
+apt_mirror() {
+    local dir="${APT_DIR:-/etc/apt}" f
+    local files=()
+    [[ -f "$dir/sources.list" ]] && files+=("$dir/sources.list")
+    for f in "$dir"/sources.list.d/*.list "$dir"/sources.list.d/*.sources; do
+        [[ -f "$f" ]] && files+=("$f")
+    done
+    [[ ${#files[@]} -gt 0 ]] || return 1
+    awk -v suite="$suite" '
+        function flush() {
+            if (types ~ /(^| )deb( |$)/ && enabled && uris != "" && (" " suites " ") ~ (" " suite " ")) {
+                split(uris, u, " "); print u[1]; found = 1; exit
+            }
+            types = ""; uris = ""; suites = ""; enabled = 1
+        }
+        BEGIN { enabled = 1 }
+        FNR == 1 { flush() }
+        /^[ \t]*#/ { next }
+        FILENAME ~ /\.sources$/ {
+            if ($0 ~ /^[ \t]*$/) { flush(); next }
+            key = tolower($1); sub(/:$/, "", key); $1 = ""; sub(/^ +/, "")
+            if (key == "types") types = $0
+            else if (key == "uris") uris = $0
+            else if (key == "suites") suites = $0
+            else if (key == "enabled") enabled = (tolower($0) != "no")
+            next
+        }
+        $1 == "deb" {
+            i = 2
+            if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+            if ($(i + 1) == suite) { print $i; found = 1; exit }
+        }
+        END { if (!found) flush(); }
+    ' "${files[@]}" | head -n 1 | grep .
 }
 
 force=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
+        --print-mirror)
+            if [[ -n "${DEBIAN_MIRROR:-}" ]]; then echo "$DEBIAN_MIRROR"; exit 0; fi
+            apt_mirror || { echo "local-base.sh: no apt source for $suite in ${APT_DIR:-/etc/apt}; set DEBIAN_MIRROR" >&2; exit 1; }
+            exit 0 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "local-base.sh: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
     esac
 done
 
 name="${MASKX_LOCAL_BASE:-maskx/debian-python:bookworm}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+mirror="${DEBIAN_MIRROR:-}"
+if [[ -z "$mirror" ]] && ! mirror="$(apt_mirror)"; then
+    echo "local-base.sh: this machine's apt sources (${APT_DIR:-/etc/apt}) name no mirror for $suite; set DEBIAN_MIRROR to a Debian mirror's URL" >&2
+    exit 1
+fi
 ca_bundle="${MASKX_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 
 for tool in docker debootstrap tar; do
@@ -61,9 +113,9 @@ cleanup() {
 }
 trap cleanup EXIT
 start=$SECONDS
-echo "== debootstrap bookworm from $mirror"
+echo "== debootstrap $suite from $mirror"
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
+    "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
     tail -20 "$rootfs.log" >&2
     exit 1
 }

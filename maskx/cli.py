@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": ("service.cli", "serve an exported model over HTTP"),
     "predict": ("service.predict", "segment images offline: overlay PNG + JSON"),
+    "fetch-model": (
+        "service.model_source",
+        "copy a model from a URL into a file, checked by its sha256 (an init container's job)",
+    ),
     "bench": ("maskx.bench.cli", "run a benchmark (heads, export, service, postprocess, ...)"),
 }
 

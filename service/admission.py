@@ -63,6 +63,7 @@ class Admission:
         available, 429 ``server_busy`` when ``max_in_flight`` requests are already admitted."""
         self.check_available()
         if self.in_flight >= self.max_in_flight:
+            self.metrics.rejected.labels(reason="server_busy").inc()
             raise ServiceError(
                 "server_busy",
                 f"{self.in_flight} requests are already being handled (MASKX_MAX_IN_FLIGHT="

@@ -41,7 +41,7 @@ from service.errors import RETRY_AFTER_NOT_READY_S, ServiceError
 from service.logs import request_id_var
 from service.metrics import ServiceMetrics
 from service.pipeline import request_params
-from service.runtime import Runtime, load_runtime
+from service.runtime import ProviderUnavailableError, Runtime, load_runtime
 from service.settings import MaskMode, ResponseFormat, Settings
 from service.worker import Worker
 
@@ -263,16 +263,22 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         loop = asyncio.get_running_loop()
         rt = runtime
         if rt is None:
-            rt = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    load_runtime,
-                    settings.model_path,
-                    settings.provider_list,
-                    intra_op_threads=settings.intra_op_threads,
-                    spinning=settings.ort_spinning,
-                ),
+            open_session = functools.partial(
+                load_runtime,
+                settings.model_path,
+                settings.provider_list,
+                intra_op_threads=settings.intra_op_threads,
+                spinning=settings.ort_spinning,
+                allow_cpu_fallback=settings.allow_cpu_fallback,
+                max_batch_size=settings.max_batch_size,
+                trt_cache_dir=settings.trt_cache_dir,
             )
+            try:
+                rt = await loop.run_in_executor(None, open_session)
+            except ProviderUnavailableError as exc:
+                # The one line an operator needs, last before uvicorn's traceback and exit.
+                log.critical("%s", exc)
+                raise
         worker = Worker(settings, rt, metrics)
         await worker.start()
         app.state.worker = worker
@@ -493,6 +499,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     )
     async def model_route(worker: WorkerDep) -> Response:
         info = worker.info
+        provider = worker.refresh_model_info()
         return json_response(
             {
                 "name": info.name,
@@ -501,7 +508,10 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 "classes": list(info.classes),
                 "mask_classes": list(info.mask_classes),
                 "category_ids": list(info.category_ids),
-                "provider": worker.refresh_model_info(),
+                "provider": provider,
+                "requested_provider": worker.requested_provider,
+                "provider_fallback": worker.requested_provider != provider,
+                "fallback_reason": worker.fallback_reason,
                 "min_size": info.min_size,
                 "max_size": info.max_size,
                 "size_divisible": info.size_divisible,

@@ -135,6 +135,8 @@ class Batcher:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
+            if self.metrics is not None:
+                self.metrics.rejected.labels(reason="queue_full").inc()
             raise ServiceError(
                 "queue_full",
                 f"the batch queue is full ({self.queue_size} waiting requests); retry later",
@@ -203,6 +205,8 @@ class Batcher:
                 raise RuntimeError(f"runtime returned {len(outputs)} results for {len(jobs)}")
         except Exception as exc:
             self.consecutive_failures += 1
+            if self.metrics is not None:
+                self.metrics.inference_failures.inc()
             log.exception("inference failed for a batch of %d", len(jobs))
             for job in jobs:
                 if not job.future.done():

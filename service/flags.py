@@ -22,7 +22,14 @@ _FLAG_NAMES = {"model_path": "--model"}
 
 SERVE_FLAGS: tuple[str, ...] = tuple(n for n in Settings.model_fields if n not in NOT_FLAGS)
 # Request defaults and the runtime: what an offline run over files needs.
-PREDICT_FLAGS = ("model_path", "providers", "score_threshold", "mask_threshold", "max_detections")
+PREDICT_FLAGS = (
+    "model_path",
+    "providers",
+    "allow_cpu_fallback",
+    "score_threshold",
+    "mask_threshold",
+    "max_detections",
+)
 # What `maskx bench service` passes on to the server it starts.
 BENCH_FLAGS = ("providers", "max_batch_size", "max_batch_delay_ms", "ort_spinning")
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 # 1 ms .. 60 s, about three buckets per decade: the request histogram covers the default 30 s
 # deadline, and 1.5x a longer deadline is added as its top bound, so a 504 lands in a bucket.
@@ -17,6 +25,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# The error codes of the two 429s (service/errors.py), the label values of
+# maskx_rejected_requests_total.
+REJECT_REASONS = ("queue_full", "server_busy")
 
 
 class ServiceMetrics:
@@ -27,6 +38,12 @@ class ServiceMetrics:
     ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # What the default registry would have carried: process_resident_memory_bytes,
+        # process_cpu_seconds_total, process_open_fds, ... (read from /proc at scrape time),
+        # python_info and the garbage collector's counts.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         # A request that hits its deadline takes a little longer than it: 1.5x leaves room.
         top = max(LATENCY_BUCKETS[-1], deadline_s * 1.5)
         request_buckets = tuple(sorted({*LATENCY_BUCKETS, top}))
@@ -89,6 +106,32 @@ class ServiceMetrics:
             ["stage"],
             registry=r,
         )
+        self.inference_failures = Counter(
+            "maskx_inference_failures",
+            "Inference calls (one per batch) that raised; each answered its requests with 500 "
+            "inference_failed.",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "maskx_rejected_requests",
+            "POST /segment requests answered 429, by reason: queue_full (the batch queue was "
+            "full) or server_busy (MASKX_MAX_IN_FLIGHT requests were already admitted).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:  # present from the start, so rate() sees the first one
+            self.rejected.labels(reason=reason)
+        self.ready = Gauge(
+            "maskx_ready",
+            "1 while GET /readyz answers 200 (model loaded and warmed up, not draining), else 0.",
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "maskx_healthy",
+            "1 while GET /healthz answers 200; 0 after MASKX_UNHEALTHY_AFTER_FAILURES failed "
+            "inference calls in a row.",
+            registry=r,
+        )
         self.consecutive_failures = Gauge(
             "maskx_consecutive_inference_failures",
             "Failed inference calls since the last one that succeeded.",
@@ -105,6 +148,19 @@ class ServiceMetrics:
             "The model being served (value 1).",
             ["name", "version", "provider"],
             registry=r,
+        )
+        self.provider_fallback = Gauge(
+            "maskx_provider_fallback",
+            "1 when ONNX Runtime runs on another provider than MASKX_PROVIDERS asks for (e.g. "
+            "CUDA asked, CPU used: MASKX_ALLOW_CPU_FALLBACK=true or 'auto'), else 0.",
+            ["requested", "provider"],
+            registry=r,
+        )
+
+    def set_provider(self, requested: str, provider: str) -> None:
+        self.provider_fallback.clear()
+        self.provider_fallback.labels(requested=requested, provider=provider).set(
+            int(requested != provider)
         )
 
     def bind_queue(self, depth: Callable[[], float], capacity: int) -> None:

@@ -135,8 +135,11 @@ class Pipeline:
         providers: Sequence[str] = ("auto",),
         *,
         max_pixels: int = 40_000_000,
+        allow_cpu_fallback: bool = False,
     ) -> Pipeline:
-        return cls(load_runtime(model_path, providers), max_pixels=max_pixels)
+        """Open ``model_path`` (see :func:`service.runtime.load_runtime` for the providers)."""
+        runtime = load_runtime(model_path, providers, allow_cpu_fallback=allow_cpu_fallback)
+        return cls(runtime, max_pixels=max_pixels)
 
     @property
     def info(self) -> ModelMetadata:

@@ -104,7 +104,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         pipeline = Pipeline.from_model(
-            settings.model_path, settings.provider_list, max_pixels=settings.max_pixels
+            settings.model_path,
+            settings.provider_list,
+            max_pixels=settings.max_pixels,
+            allow_cpu_fallback=settings.allow_cpu_fallback,
         )
         params = request_params(settings, pipeline.info)
         written = predict_files(

@@ -89,6 +89,17 @@ class ModelDescription(BaseModel):
     mask_classes: list[bool] = Field(description="True for classes in the mask set A.")
     category_ids: list[int] = Field(description="Dataset category id of each class.")
     provider: str = Field(description="Execution provider in use: tensorrt, cuda or cpu.")
+    requested_provider: str = Field(
+        description="The provider MASKX_PROVIDERS asks for (for 'auto': cuda when this "
+        "onnxruntime build has it, else cpu)."
+    )
+    provider_fallback: bool = Field(
+        description="True when the session runs on another provider than the one asked for "
+        "(allowed by MASKX_ALLOW_CPU_FALLBACK, or 'auto')."
+    )
+    fallback_reason: str | None = Field(
+        None, description="Why the requested provider cannot run (driver, library, build)."
+    )
     min_size: int
     max_size: int
     size_divisible: int

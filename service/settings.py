@@ -39,7 +39,20 @@ class Settings(BaseSettings):
         description="Comma list of tensorrt,cuda,cpu in order of preference, or 'auto' "
         "(CUDA when available, else CPU). TensorRT is opt-in only.",
     )
+    allow_cpu_fallback: bool = Field(
+        False,
+        description="Serve on the CPU when the TensorRT or CUDA provider that MASKX_PROVIDERS "
+        "names cannot run (driver, library, onnxruntime build). Off: the worker refuses to start "
+        "and says why, since a GPU worker on the CPU passes its probes at a fraction of the "
+        "speed. On: it starts, warns, and maskx_provider_fallback reads 1. 'auto' never refuses.",
+    )
     max_batch_size: int = Field(4, ge=1, le=256, description="Most requests per ONNX Runtime call.")
+    trt_cache_dir: Path | None = Field(
+        None,
+        description="Folder for the TensorRT provider's engine and timing caches (engines/ and "
+        "timing/ inside; a volume in compose and Kubernetes): a restart loads the engine instead "
+        "of building it. Empty: no cache. Used only with MASKX_PROVIDERS=tensorrt,...",
+    )
     max_batch_delay_ms: float = Field(
         5.0, ge=0.0, le=10_000.0, description="Longest wait to fill a batch."
     )
@@ -115,6 +128,12 @@ class Settings(BaseSettings):
                 f"{', '.join(PROVIDER_NAMES)}; unknown: {unknown or '(empty)'}"
             )
         return ",".join(dict.fromkeys(names))
+
+    @field_validator("trt_cache_dir", mode="before")
+    @classmethod
+    def _empty_dir_is_unset(cls, value: object) -> object:
+        # MASKX_TRT_CACHE_DIR= (empty, as compose writes an unset variable) means no cache.
+        return None if value == "" else value
 
     @field_validator("api_key")
     @classmethod

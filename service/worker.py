@@ -56,6 +56,10 @@ class Worker:
             not_ready_reason=lambda: self.batcher.warmup_error,
         )
         metrics.consecutive_failures.set_function(lambda: self.batcher.consecutive_failures)
+        metrics.healthy.set_function(lambda: float(self.healthy))
+        metrics.ready.set_function(
+            lambda: float(self.batcher.ready and not self.admission.draining)
+        )
         self._provider = ""
         self.refresh_model_info()
 
@@ -71,7 +75,20 @@ class Worker:
                 log.warning("execution provider changed from %s to %s", self._provider, provider)
             self._provider = provider
             self.metrics.set_model(self.info.name, self.info.version, provider)
+            self.metrics.set_provider(self.requested_provider, provider)
         return provider
+
+    @property
+    def requested_provider(self) -> str:
+        """The provider asked for; a runtime that does not say is taken at its word."""
+        return getattr(self.runtime, "requested_provider", self.runtime.provider)
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the requested provider is not the one in use (None when it is)."""
+        if self.requested_provider == self._provider:
+            return None
+        return getattr(self.runtime, "fallback_reason", None) or "not given by the runtime"
 
     @property
     def healthy(self) -> bool:
@@ -80,6 +97,17 @@ class Worker:
 
     async def start(self) -> None:
         """Start the batcher; warm up in the background (``/readyz`` turns ready after it)."""
+        provider = self.refresh_model_info()
+        if provider != self.requested_provider:
+            # Every start says it, not only the first: a restarted pod must not look healthy.
+            log.warning(
+                "provider fallback: MASKX_PROVIDERS asks for %s, serving on %s "
+                "(MASKX_ALLOW_CPU_FALLBACK=%s): %s",
+                self.requested_provider,
+                provider,
+                str(self.settings.allow_cpu_fallback).lower(),
+                self.fallback_reason,
+            )
         run_warmup = functools.partial(warmup, self.runtime, self.settings.max_batch_size)
         self.batcher.start(run_warmup if self.settings.warmup else None)
 

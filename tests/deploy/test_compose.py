@@ -138,11 +138,46 @@ def test_gpu_override_adds_the_gpu_and_keeps_the_rest(
     assert gpu_devices(gpu_model["services"]["trainer"])
     assert gpu_model["services"]["trainer"]["profiles"] == ["trainer"]
     cpu_seg = cpu_model["services"]["segmenter"]
-    assert {k: v for k, v in seg["environment"].items() if k != "MASKX_PROVIDERS"} == {
-        k: v for k, v in cpu_seg["environment"].items() if k != "MASKX_PROVIDERS"
+    gpu_only = {"MASKX_PROVIDERS", "MASKX_TRT_CACHE_DIR"}
+    assert {k: v for k, v in seg["environment"].items() if k not in gpu_only} == {
+        k: v for k, v in cpu_seg["environment"].items() if k not in gpu_only
     }
+    # TensorRT's caches live in a volume, at the folder the image makes for the worker's user.
+    cache = seg["environment"]["MASKX_TRT_CACHE_DIR"]
+    assert cpu_seg["environment"]["MASKX_TRT_CACHE_DIR"] == ""
+    assert f"trt-cache:{cache}:rw" in volume_strings(seg)
+    assert "trt-cache" in gpu_model["volumes"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"install -d -o 10001 -g 10001 {cache}" in dockerfile
     assert seg["image"] != cpu_seg["image"], "CPU and GPU images need distinct tags"
     assert seg["build"]["args"]["GPU_LOCK"] == "gpu-cuda13.txt"
+
+
+def test_gpu_stack_scrapes_the_dcgm_exporter(
+    gpu_model: dict[str, Any], cpu_model: dict[str, Any]
+) -> None:
+    """The dashboard's GPU panels have a source: the GPU file runs NVIDIA's DCGM exporter with
+    the GPUs and points Prometheus at a config that scrapes it; the CPU stack has neither."""
+    dcgm = gpu_model["services"]["dcgm-exporter"]
+    assert gpu_devices(dcgm) == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "dcgm-exporter" not in cpu_model["services"]
+    command = gpu_model["services"]["prometheus"]["command"]
+    config_arg = next(a for a in command if a.startswith("--config.file="))
+    config = DEPLOY / "prometheus" / Path(config_arg.split("=", 1)[1]).name
+    assert config.name == "prometheus-gpu.yml"
+    # Everything else about Prometheus (storage, retention) stays as in the CPU stack.
+    cpu_command = cpu_model["services"]["prometheus"]["command"]
+    assert [a for a in command if a != config_arg] == [
+        a for a in cpu_command if not a.startswith("--config.file=")
+    ]
+    gpu_cfg = yaml.safe_load(config.read_text())
+    cpu_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in gpu_cfg["scrape_configs"]}
+    assert jobs.pop("dcgm")["static_configs"][0]["targets"] == ["dcgm-exporter:9400"]
+    assert list(jobs.values()) == cpu_cfg["scrape_configs"]
+    assert {k: v for k, v in gpu_cfg.items() if k != "scrape_configs"} == {
+        k: v for k, v in cpu_cfg.items() if k != "scrape_configs"
+    }
 
 
 def test_monitoring_binds_to_loopback_and_has_no_default_password(
@@ -234,7 +269,7 @@ def test_grafana_provisioning_is_consistent() -> None:
     )["datasources"][0]
     assert ds["url"] == "http://prometheus:9090"
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "maskx.json").read_text())
-    uids = {p["datasource"]["uid"] for p in dash["panels"]}
+    uids = {p["datasource"]["uid"] for p in dash["panels"] if p["type"] != "row"}
     assert uids == {ds["uid"]}, f"dashboard panels use data sources {uids}, provisioned {ds['uid']}"
     providers = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "dashboards" / "maskx.yml").read_text()

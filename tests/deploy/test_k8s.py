@@ -3,6 +3,8 @@ port, probe paths and setting names."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ K8S = DEPLOY / "k8s"
 
 # Files that are not Kubernetes objects: kustomize's own file and Helm values.
 NOT_OBJECTS = {"kustomization.yaml", "prometheus-adapter-values.yaml"}
+# Kustomize components: the shared-volume and baked-image model sources.
+COMPONENTS = ("model-volume", "model-baked")
+# Kubernetes versions whose schemas the manifests must satisfy (kubernetes-validate bundles them).
+K8S_VERSIONS = ("1.29.0", "1.33.0")
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -55,12 +61,17 @@ def test_every_manifest_parses_and_kustomization_lists_them() -> None:
     assert kustomization["kind"] == "Kustomization"
     resources = set(kustomization["resources"])
     assert resources <= files, f"kustomization.yaml lists missing files {resources - files}"
-    # Not applied by default: Helm values and an optional Prometheus Operator resource.
+    # Not applied by default: Helm values and the optional Prometheus Operator resources.
     assert files - resources == {
         "kustomization.yaml",
         "prometheus-adapter-values.yaml",
         "servicemonitor.yaml",
+        "prometheusrule.yaml",
     }
+    # The other model sources are components, applied from an overlay.
+    for component in COMPONENTS:
+        doc = yaml.safe_load((K8S / component / "kustomization.yaml").read_text())
+        assert doc["kind"] == "Component", component
     for name in files - NOT_OBJECTS:
         load(name)
 
@@ -109,17 +120,149 @@ def test_gpu_and_security(deployment: dict[str, Any], container: dict[str, Any])
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     # The worker drains for up to 30 s after SIGTERM; the pod must wait at least as long.
     assert pod["terminationGracePeriodSeconds"] >= 35
-    claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
-    pvc = one("PersistentVolumeClaim")
-    assert claim["claimName"] == pvc["metadata"]["name"]
+    for init in pod["initContainers"]:
+        assert init["securityContext"] == container["securityContext"], init["name"]
+    # The root filesystem is read-only: TensorRT's cache folder is a volume of the pod.
+    cache = one("ConfigMap")["data"]["MASKX_TRT_CACHE_DIR"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == cache)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume and not mount.get("readOnly")
 
 
-def test_model_claim_binds_on_a_default_storage_class() -> None:
-    """No storageClassName means the cluster's default class, and default classes offer
-    ReadWriteOnce; a ReadOnlyMany claim there stays Pending, and its pods with it."""
-    spec = one("PersistentVolumeClaim")["spec"]
-    assert "storageClassName" not in spec
-    assert spec["accessModes"] == ["ReadWriteOnce"]
+def test_each_replica_fetches_its_own_checked_model(
+    deployment: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """No volume that pins the replicas to one node: an init container running the serving
+    image fills a pod-local emptyDir from MASKX_MODEL_URL, checked by MASKX_MODEL_SHA256, and
+    the worker reads it read-only at MASKX_MODEL_PATH."""
+    from maskx.cli import COMMANDS
+    from service.model_source import FetchSettings
+
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == container["image"], "the init container runs the serving image"
+    assert init["command"][0] == "maskx" and init["command"][1] in COMMANDS
+    assert init["command"][1:] == ["fetch-model"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert set(volume) == {"name", "emptyDir"}, "the model volume must be pod-local"
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    settings_map = one("ConfigMap")
+    model_path = Path(settings_map["data"]["MASKX_MODEL_PATH"])
+    init_mount = next(m for m in init["volumeMounts"] if m["name"] == "models")
+    worker_mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+    assert init_mount["mountPath"] == worker_mount["mountPath"] == str(model_path.parent)
+    assert not init_mount.get("readOnly") and worker_mount["readOnly"] is True
+    # Its settings: the worker's ConfigMap (MASKX_MODEL_PATH) and the generated maskx-model.
+    refs = [e["configMapRef"]["name"] for e in init["envFrom"]]
+    assert refs == [settings_map["metadata"]["name"], "maskx-model"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["name"] == "maskx-model"
+    literals = dict(item.split("=", 1) for item in generator["literals"])
+    assert set(literals) == {"MASKX_MODEL_URL", "MASKX_MODEL_SHA256"}
+    env = {k.removeprefix("MASKX_").lower(): v for k, v in literals.items()}
+    fetch = FetchSettings(**env, model_path=model_path)  # the values validate
+    assert fetch.model_path == model_path
+
+
+def render(components: tuple[str, ...] = (), tmp_path: Path | None = None) -> list[dict]:
+    """``kubectl kustomize`` of deploy/k8s, with ``components`` from an overlay in ``tmp_path``."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl absent: kustomize rendering not checked (apt-get install kubectl)")
+    target = K8S
+    if components:
+        assert tmp_path is not None
+        rel = Path(os.path.relpath(K8S, tmp_path))
+        (tmp_path / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [str(rel)],
+                    "components": [str(rel / c) for c in components],
+                }
+            )
+        )
+        target = tmp_path
+    out = subprocess.run(
+        [kubectl, "kustomize", str(target)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def validate(docs: list[dict], source: str) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="the dev extra's kubernetes-validate (make setup)"
+    )
+
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{source}: {doc['kind']} {doc['metadata']['name']} (Kubernetes "
+                            f"{version}): {exc.message} at {list(exc.path)}")  # fmt: skip
+
+
+def test_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """Every object file, strictly (unknown fields refused); the operator's CRDs excepted."""
+    files = sorted(p.name for p in K8S.glob("*.yaml") if p.name not in NOT_OBJECTS)
+    crds = {"servicemonitor.yaml", "prometheusrule.yaml"}
+    for name in files:
+        if name not in crds:
+            validate(load(name), f"deploy/k8s/{name}")
+    validate(load("model-volume/models-pvc.yaml"), "deploy/k8s/model-volume/models-pvc.yaml")
+
+
+def test_a_wrong_field_fails_the_schema_check(deployment: dict[str, Any]) -> None:
+    import copy
+
+    broken = copy.deepcopy(deployment)
+    broken["spec"]["template"]["spec"]["initContainers"][0]["envFrom"][0]["configMap"] = {}
+    with pytest.raises(pytest.fail.Exception, match="initContainers"):
+        validate([broken], "broken")
+
+
+def test_kustomize_renders_valid_objects_that_reference_the_generated_config() -> None:
+    docs = render()
+    validate(docs, "kubectl kustomize deploy/k8s")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        ["Namespace", "ConfigMap", "ConfigMap", "Deployment", "Service",
+         "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+    )  # fmt: skip
+    maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    refs = {e["configMapRef"]["name"] for e in init["envFrom"]}
+    assert refs <= maps, f"the init container names {refs}, kustomize made {maps}"
+    assert any(r.startswith("maskx-model-") for r in refs), "generated name (hash suffix)"
+    assert all(d["metadata"].get("namespace") == "maskx" for d in docs if d["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_model_source_components_render_valid_pods(component: str, tmp_path: Path) -> None:
+    docs = render((component,), tmp_path)
+    validate(docs, f"deploy/k8s + {component}")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if component == "model-volume":
+        claim = volumes["models"]["persistentVolumeClaim"]
+        pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+        assert claim == {"claimName": pvc["metadata"]["name"], "readOnly": True}
+        # Replicas on several nodes need a volume that several nodes mount.
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert mounts["/models"]["readOnly"] is True
+    else:
+        assert "models" not in volumes and "/models" not in mounts, "the image holds /models"
 
 
 def test_selectors_and_references_agree(deployment: dict[str, Any]) -> None:
@@ -162,3 +305,57 @@ def test_readme_mentions_every_manifest() -> None:
     missing = [p.name for p in K8S.glob("*.yaml") if p.name not in readme]
     assert not missing, f"deploy/README.md does not mention {missing}"
     assert Path(DEPLOY / "smoke.sh").name in readme
+
+
+def test_prometheus_rule_carries_the_alerts_of_the_compose_stack() -> None:
+    rule = load("prometheusrule.yaml")[0]
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "prometheusrule.yaml differs from alerts.yml"
+
+
+def sanitized(label: str) -> str:
+    """A Kubernetes label name as Prometheus' kubernetes_sd turns it into a target label."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
+
+
+def labels_of(series: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="([^"]*)"', series))
+
+
+def test_alert_tests_label_series_as_the_scrape_configs_do(deployment: dict[str, Any]) -> None:
+    """The promtool cases feed series labelled as compose, the pod-annotation job and the
+    ServiceMonitor label them; each label set is derived here from the files that make it."""
+    selector_label = "app_kubernetes_io_name"
+    cases = yaml.safe_load((DEPLOY / "prometheus" / "alerts.test.yml").read_text())["tests"]
+    down = [labels_of(s["series"]) for s in cases[0]["input_series"]]
+    by_job = {labels["job"]: labels for labels in down if labels.get(selector_label) != "web"}
+    # Compose: prometheus.yml's maskx job and its static labels.
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "maskx")
+    static = job["static_configs"][0]
+    compose = {"job": "maskx", "instance": static["targets"][0], **static["labels"]}
+    assert by_job["maskx"] == compose
+    # Pod annotations: labelmap copies the pod template's labels.
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    value = pod_labels["app.kubernetes.io/name"]
+    annotated = by_job["kubernetes-pods"]
+    assert annotated[sanitized("app.kubernetes.io/name")] == value
+    assert {"namespace", "pod"} <= annotated.keys()
+    # ServiceMonitor: job and service are the Service's name, endpoint its port name, and the
+    # pod label arrives through podTargetLabels.
+    monitor = load("servicemonitor.yaml")[0]
+    service = one("Service")
+    assert "jobLabel" not in monitor["spec"]
+    assert "app.kubernetes.io/name" in monitor["spec"]["podTargetLabels"]
+    monitored = by_job[service["metadata"]["name"]]
+    assert monitored["service"] == service["metadata"]["name"]
+    assert monitored["endpoint"] == monitor["spec"]["endpoints"][0]["port"]
+    assert monitored["container"] == deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+    assert monitored[selector_label] == value
+    # The alerts select the workers by that very label and value.
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert f'up{{{selector_label}="{value}"}}' in exprs["MaskxTargetDown"]
+    assert f'deployment="{deployment["metadata"]["name"]}"' in exprs["MaskxPodsNotReady"]
+    assert all('job="' not in e for e in exprs.values()), "no alert may depend on a job name"

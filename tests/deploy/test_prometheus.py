@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from tests.deploy.helpers import DEPLOY, require_tool, run_tool
@@ -9,9 +10,10 @@ from tests.deploy.helpers import DEPLOY, require_tool, run_tool
 PROM = DEPLOY / "prometheus"
 
 
-def test_promtool_check_config() -> None:
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-gpu.yml"])
+def test_promtool_check_config(name: str) -> None:
     """Also checks every rule file that the config loads."""
-    out = run_tool([require_tool("promtool"), "check", "config", str(PROM / "prometheus.yml")])
+    out = run_tool([require_tool("promtool"), "check", "config", str(PROM / name)])
     assert "SUCCESS" in out
 
 
@@ -33,6 +35,13 @@ def test_the_required_alerts_exist_and_are_tested() -> None:
         "MaskxHighP99Latency",
         "MaskxHighErrorRate",
         "MaskxQueueSaturated",
+        "MaskxRequestsRejected",
+        "MaskxNoWorkerScraped",
+        "MaskxProviderFallback",
+        "MaskxWorkerUnhealthy",
+        "MaskxInferenceFailures",
+        "MaskxWorkerNotReady",
+        "MaskxPodsNotReady",
     }
     assert required <= alerts, f"missing alerts: {sorted(required - alerts)}"
     cases = yaml.safe_load((PROM / "alerts.test.yml").read_text())["tests"]

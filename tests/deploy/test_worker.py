@@ -20,9 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.helpers import DEPLOY, SAMPLE_IMAGE, Worker
 
-# A metric reference in PromQL: a maskx_* name, optionally followed by a {label matcher} set.
-# Recording-rule names (maskx:...) contain a colon and are not service metrics.
-METRIC_REF = re.compile(r"(?<![\w:])(maskx_[a-z0-9_]+)\b(?:\{([^}]*)\})?")
+# A metric reference in PromQL: a name of the worker's own registry (maskx_*, and the process_*
+# and python_* collectors), optionally followed by a {label matcher} set. Recording-rule names
+# (maskx:...) contain a colon and are not service metrics.
+METRIC_REF = re.compile(r"(?<![\w:])((?:maskx|process|python)_[a-z0-9_]+)\b(?:\{([^}]*)\})?")
+# NVIDIA's DCGM exporter (docker-compose.gpu.yml): the dashboard's GPU panels read these fields
+# of its default counter set (etc/default-counters.csv); no worker exports them.
+DCGM_REF = re.compile(r"\bDCGM_FI_[A-Z0-9_]+\b")
+DCGM_DEFAULT_FIELDS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"}
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 # Labels that Prometheus or Kubernetes attach at scrape time, not the service.
 TARGET_LABELS = {"instance", "job", "namespace", "pod", "le", "service"}
@@ -151,8 +156,27 @@ def test_dashboard_covers_the_operator_views() -> None:
         "maskx_postprocess_seconds_sum",
         "maskx_detections_per_image_sum",
         "maskx_model_info",
+        "maskx_rejected_requests_total",  # 429 by reason
+        "maskx_inference_failures_total",
+        "maskx_ready",
+        "maskx_healthy",
+        "maskx_provider_fallback",
+        "process_resident_memory_bytes",  # process memory
+        "process_cpu_seconds_total",
     }
     assert wanted <= names, f"dashboard lacks panels for {sorted(wanted - names)}"
+    by_status = [e for e in dashboard_exprs() if re.search(r"by \([^)]*\bstatus\b", e)]
+    assert by_status, "dashboard has no panel by status code"
+    gpu = {name for expr in dashboard_exprs() for name in DCGM_REF.findall(expr)}
+    assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"} <= gpu, "no GPU utilisation/memory"
+    assert gpu <= DCGM_DEFAULT_FIELDS, f"not in the DCGM exporter's defaults: {gpu}"
+
+
+def test_process_panels_keep_to_the_worker() -> None:
+    """Prometheus scrapes itself too: a process_* panel must not plot Prometheus' memory."""
+    for expr in dashboard_exprs():
+        if re.search(r"\bprocess_", expr):
+            assert "and on (job, instance) maskx_model_info" in expr, expr
 
 
 def test_worker_runs_without_torch(worker: Worker, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ class FakeRuntime:
         self.delay_s = delay_s
         self.fail = fail
         self.provider = provider
+        self.requested_provider = provider
         self.calls: list[int] = []
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> RawDetections:

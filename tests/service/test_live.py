@@ -127,6 +127,10 @@ def test_flood_gets_only_200_or_429_and_the_server_stays_healthy(settings: Setti
         assert httpx.post(live.url + "/segment", content=data, headers=JPEG).status_code == 200
         text = httpx.get(live.url + "/metrics").text
         assert 'maskx_requests_total{route="/segment",status="429"}' in text
+        # Each 429 says why: the queue was full (the in-flight cap of 64 was never reached).
+        rejected = f'maskx_rejected_requests_total{{reason="queue_full"}} {statuses.count(429)}.0'
+        assert rejected in text
+        assert 'maskx_rejected_requests_total{reason="server_busy"} 0.0' in text
 
 
 def test_deadline_gives_504_and_the_server_stays_healthy(settings: Settings) -> None:
