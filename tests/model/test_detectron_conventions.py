@@ -93,6 +93,28 @@ def test_fpn_anchors_match_detectron_on_every_level() -> None:
     assert nominal_stride(w, 3) == 64 and w // 3 == 53
 
 
+def test_fpn_anchors_of_a_thin_image_use_the_levels_strides() -> None:
+    """A 32-pixel-high image: P5 is 1 x 4 and P6 1 x 2, whose strides cannot be told from the
+    sizes (32 / 1 says 32 along y, 128 / 2 says 64 along x). The model's generator takes the
+    levels' strides, 2**level, and gives Detectron's anchors there too."""
+    h, w = 32, 128
+    grids = [(8, 32), (4, 16), (2, 8), (1, 4), (1, 2)]
+    feats = [torch.zeros(1, 8, gh, gw) for gh, gw in grids]
+    images = ImageList(torch.zeros(1, 3, h, w), [(h, w)])
+    sizes, ratios = ((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5
+    with pytest.raises(ValueError, match="different strides"):
+        DetectronAnchorGenerator(sizes, ratios)(images, feats)
+    model = build_model(ModelConfig(num_classes=2, backbone="tiny", anchor_style="detectron"))
+    ours = model.rpn.anchor_generator(images, feats)[0].numpy()
+    expected = np.concatenate(
+        [
+            ref.fpn_level_anchors(lvl, gh, gw)
+            for lvl, (gh, gw) in zip(range(2, 7), grids, strict=True)
+        ]
+    )
+    np.testing.assert_allclose(ours, expected + TO_CONTINUOUS, rtol=0, atol=1e-4)
+
+
 def test_rpn_head_channels_enumerate_anchors_as_detectron() -> None:
     """Detectron reads scores [A, H, W] and deltas [4A, H, W] in (y, x, anchor) order."""
     rng = np.random.default_rng(0)

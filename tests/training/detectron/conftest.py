@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.detectron.writer import Spec, write_spec_file
+from training.detectron.writer import Spec, write_spec_file
 
 #: With the MLP (28×28 input, as Detectron's): about 21 MB, most of it the MLP and its momentum.
 SMALL = Spec(blocks=(1, 1, 1, 1), width=8, num_classes=11, fpn_dim=8, box_dim=16, mask_dim=4)

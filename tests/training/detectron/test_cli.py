@@ -10,8 +10,8 @@ import torch
 
 from maskx.cli import main as cli_main
 from tests.training.detectron.conftest import SMALL
-from tests.training.detectron.writer import Call, Global, write_detectron_pickle
 from training.checkpoint import load_model_from_checkpoint
+from training.detectron.writer import Call, Global, write_detectron_pickle
 from training.export.onnx_export import METADATA_KEY
 
 

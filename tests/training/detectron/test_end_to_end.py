@@ -29,8 +29,8 @@ from service.app import create_app
 from service.settings import Settings
 from tests.service.helpers import LiveServer
 from tests.training.detectron import reference
-from tests.training.detectron.writer import Spec, make_blobs, model_params, write_spec_file
 from training.checkpoint import load_model_from_checkpoint
+from training.detectron.writer import Spec, make_blobs, model_params, write_spec_file
 from training.export.onnx_export import eager_reference
 
 SPEC = Spec(blocks=(1, 1, 1, 1), width=8, num_classes=11, fpn_dim=16, box_dim=32, mask_dim=4)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from model import build_model
 from tests.training.detectron.conftest import SMALL, TINY
-from tests.training.detectron.writer import write_spec_file
 from training.checkpoint import load_checkpoint, load_model_from_checkpoint
 from training.detectron.importer import (
     DETECTRON_CONVENTIONS,
@@ -20,6 +19,7 @@ from training.detectron.importer import (
     import_detectron,
 )
 from training.detectron.pickle_io import load_detectron_pickle
+from training.detectron.writer import write_spec_file
 
 
 @pytest.fixture(scope="module")

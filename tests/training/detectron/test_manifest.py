@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.training.detectron.writer import Spec, extra_blobs, model_params
 from training.detectron.importer import infer_architecture
 from training.detectron.manifest import blob_manifest, leftover_rule
+from training.detectron.writer import Spec, extra_blobs, model_params
 
 # Floats of the released files' weights (every blob that maps to a maskx parameter or frozen-BN
 # scale/shift; momentum, backups and ImageNet leftovers excluded).

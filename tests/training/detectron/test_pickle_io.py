@@ -9,18 +9,18 @@ import pytest
 import yaml
 
 from tests.training.detectron.conftest import TINY
-from tests.training.detectron.writer import (
-    Call,
-    Global,
-    make_blobs,
-    stage2_cfg_text,
-    write_detectron_pickle,
-)
 from training.detectron.pickle_io import (
     DetectronFileError,
     cfg_array,
     load_detectron_pickle,
     read_cfg,
+)
+from training.detectron.writer import (
+    Call,
+    Global,
+    make_blobs,
+    stage2_cfg_text,
+    write_detectron_pickle,
 )
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.detectron.writer import Spec, write_spec_file
 from training.checkpoint import load_model_from_checkpoint
 from training.detectron.importer import import_detectron
+from training.detectron.writer import Spec, write_spec_file
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""Writes Detectron-format Mask^X weights files for tests, as the authors' released files are.
+"""Writes Detectron-format Mask^X weights files, as the authors' released files are: the test
+suite's files and the full-size benchmark's (``maskx bench detectron``) come from here.
 
 Written from the authors' code (``ronghanghu/seg_every_thing``), independently of the importer
-under test: the parameter names follow ``lib/modeling/ResNet.py`` (``add_ResNet_convX_body``,
+(nothing here reads :mod:`training.detectron.manifest`): the parameter names follow ``lib/modeling/ResNet.py`` (``add_ResNet_convX_body``,
 ``add_residual_block``, ``bottleneck_transformation``, ``basic_bn_shortcut``,
 ``basic_bn_stem``), ``FPN.py`` (``add_fpn``, ``add_topdown_lateral_module``,
 ``add_fpn_rpn_outputs``), ``fast_rcnn_heads.py`` (``add_roi_2mlp_head``,
