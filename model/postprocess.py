@@ -90,6 +90,7 @@ def select_proposals(
     min_size: float,
     score_thresh: float = 0.0,
     box_convention: str = CONTINUOUS,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """RPN proposals of a batch: per level top-n → clip → min size → NMS per level → top-n.
 
@@ -108,6 +109,8 @@ def select_proposals(
         min_size: minimum width and height, input pixels.
         score_thresh: minimum objectness probability.
         box_convention: how to clip (:func:`model.boxes.clip_boxes`).
+        valid: bool [B, A] or None: anchors that exist for their image (see
+            :meth:`model.rpn.MaskXRPN.anchor_valid`); the others are neither ranked nor kept.
     Returns:
         boxes float [P, 4], scores float [P] (probabilities), batch int64 [P]; each image's
         proposals by score, descending.
@@ -116,6 +119,8 @@ def select_proposals(
     b = proposals.shape[0]
     device = proposals.device
     objectness = objectness.reshape(b, -1)
+    if valid is not None:
+        objectness = objectness.masked_fill(~valid, float("-inf"))
     levels = torch.cat(
         [torch.full((n,), i, dtype=torch.int64, device=device)
          for i, n in enumerate(num_anchors_per_level)]
@@ -123,11 +128,13 @@ def select_proposals(
     top = top_n_per_level(objectness, num_anchors_per_level, pre_nms_top_n)  # [B, T]
     batch = torch.arange(b, device=device)[:, None].expand_as(top)
     scores = objectness.gather(1, top).sigmoid().reshape(-1)
+    exists = valid.gather(1, top).reshape(-1) if valid is not None else None
     boxes = proposals[batch, top].reshape(-1, 4)
     level = levels[top].reshape(-1)
     batch = batch.reshape(-1)
     boxes = clip_boxes(boxes, clip_sizes[batch], box_convention)
-    keep = torch.where(wide_enough(boxes, min_size) & (scores >= score_thresh))[0]
+    kept = wide_enough(boxes, min_size) & (scores >= score_thresh)
+    keep = torch.where(kept if exists is None else kept & exists)[0]
     boxes, scores, level, batch = boxes[keep], scores[keep], level[keep], batch[keep]
     groups = batch * len(num_anchors_per_level) + level
     keep = by_score(box_ops.batched_nms(boxes, scores, groups, nms_thresh), scores)

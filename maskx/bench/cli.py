@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "postprocess": "box-local paste+RLE vs torchvision paste_masks_in_image + pycocotools",
     "train": "training images/s of a config on this machine",
     "experiment": "the partially supervised experiment (paper Table 1c/2 in miniature)",
+    "detectron": "the authors' released model at full size: import, export, serve; K=3001 vs 81",
 }
 
 

@@ -369,6 +369,34 @@ def test_model_rpn_is_detectrons_rpn() -> None:
     np.testing.assert_allclose(ours[0].numpy(), expected + TO_CONTINUOUS, rtol=1e-5, atol=1e-3)
 
 
+def test_in_a_batch_an_image_has_the_anchors_of_its_own_blob() -> None:
+    """Detectron runs each image alone, in a blob padded to its own size. Batched beside a
+    larger image, an image keeps exactly the anchors of that blob: the cells of the batch past
+    its own padded size do not exist for it (else proposals born there, clipped to its edge,
+    would change its detections with its batch companions)."""
+    _, model, _, _ = _detectron_model()
+    small = torch.rand(3, 128, 150, generator=torch.Generator().manual_seed(1))
+    large = torch.rand(3, 160, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        alone, _ = model.transform([small])
+        batch, _ = model.transform([small, large])
+        assert tuple(batch.tensors.shape[-2:]) == (160, 160) != tuple(alone.tensors.shape[-2:])
+        feats_alone = list(model.backbone(alone.tensors).values())
+        feats_batch = list(model.backbone(batch.tensors).values())
+        anchors_alone = model.rpn.anchor_generator(alone, feats_alone)[0]
+        anchors_batch = model.rpn.anchor_generator(batch, feats_batch)[0]
+        valid = model.rpn.anchor_valid(
+            feats_batch, torch.as_tensor(batch.image_sizes), tuple(batch.tensors.shape[-2:])
+        )
+    assert valid is not None and valid.shape == (2, len(anchors_batch))
+    for k, image in enumerate((alone, model.transform([large])[0])):
+        with torch.no_grad():
+            own = model.rpn.anchor_generator(image, list(model.backbone(image.tensors).values()))[0]
+        assert len(own) < len(anchors_batch)
+        np.testing.assert_array_equal(anchors_batch[valid[k]].numpy(), own.numpy())
+    assert len(anchors_alone) == int(valid[0].sum())
+
+
 def test_model_box_head_inference_is_detectrons() -> None:
     """RoI heads on given proposals: Detectron's multi-level RoIAlign, the model's box head,
     bbox_transform, clip_tiled_boxes and box_results_with_nms_and_limit."""

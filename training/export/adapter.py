@@ -119,7 +119,8 @@ class ExportAdapter(nn.Module):
         props = rpn.box_coder.decode_single(
             deltas.detach(), anchors[None].expand(b, -1, -1).reshape(-1, 4)
         ).view(b, -1, 4)
-        boxes, _, batch = rpn.select(props, objectness, image_sizes, num_anchors_per_level)
+        valid = rpn.anchor_valid(feats, image_sizes, (int(x.shape[-2]), int(x.shape[-1])))
+        boxes, _, batch = rpn.select(props, objectness, image_sizes, num_anchors_per_level, valid)
         return boxes, batch
 
     def detect(
