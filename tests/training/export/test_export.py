@@ -204,6 +204,34 @@ def test_matching_allows_only_detections_at_the_score_edge() -> None:
     assert not _compare("strict", ref, got([0, 1]), 1e-2, 5e-2, 1e-2).passed
 
 
+def test_near_equal_scores_may_swap_but_nothing_else_may_differ() -> None:
+    """Two detections of other classes with scores equal up to float rounding may come out of
+    the graph in either order; a list out of score order, a detection replaced or a score
+    beyond the tolerance still fails."""
+    from training.export.onnx_export import _compare
+
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 70]], np.float32)
+    ref = {"boxes": torch.from_numpy(boxes), "labels": torch.tensor([1, 2, 3]),
+           "scores": torch.tensor([0.9, 0.50000006, 0.5]),
+           "mask_probs": torch.zeros(3, 28, 28)}  # fmt: skip
+
+    def got(order: list[int], **changes) -> dict[str, np.ndarray]:
+        out = {k: v.numpy()[order].copy() for k, v in ref.items()}
+        out.update(changes)
+        return out
+
+    swapped = got([0, 2, 1], scores=np.array([0.9, 0.50000006, 0.5], np.float32))
+    case = _compare("swap", ref, swapped, 1e-3, 1e-3, 1e-4)
+    assert case.passed and "order differs among near-equal scores" in case.note
+    unsorted = got([0, 2, 1])  # scores 0.9, 0.5, 0.50000006: not by score
+    assert not _compare("unsorted", ref, unsorted, 1e-3, 1e-3, 1e-4).passed
+    moved = got([0, 2, 1], scores=np.array([0.9, 0.50000006, 0.5], np.float32))
+    moved["boxes"][1] += 30.0  # the pair no longer overlaps: another detection
+    assert not _compare("moved", ref, moved, 1e-3, 1e-3, 1e-4).passed
+    far = got([0, 2, 1], scores=np.array([0.9, 0.51, 0.5], np.float32))
+    assert not _compare("far", ref, far, 1e-3, 1e-3, 1e-4).passed
+
+
 def test_detectron_conventions_export_matches_eager(tmp_path):
     """Every Detectron option on (quantised anchors, "+1" boxes, RPN min size 0, proposals
     clipped to the padded image, no candidate cap): the graph runs the model's own functions,
