@@ -39,10 +39,10 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"solver.max_iter={args.max_iter}")
     try:
         cfg = load_config(args.config, overrides)
+        metrics = train(cfg, args.out, resume=args.resume).metrics
     except ConfigError as exc:
         print(f"maskx train: {exc}", file=sys.stderr)
         return 2
-    metrics = train(cfg, args.out, resume=args.resume).metrics
     if metrics:
         from training.evaluate_cli import format_metrics
 

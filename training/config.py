@@ -100,7 +100,12 @@ class TrainLoopConfig:
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
     eval_period: int = 0
-    """Evaluate on the validation set every N steps (0: only at the end)."""
+    """Evaluate on the validation set every N steps (0: only at the end); every rank runs
+    its shard of the set and rank 0 scores the gathered detections."""
+    dist_timeout_minutes: float = 30.0
+    """Timeout of the process group's collectives under ``torchrun`` (detectron2's 30 minutes;
+    PyTorch's NCCL default is 10): how long a rank may wait for the others, e.g. for rank 0's
+    COCOeval of a large validation set."""
     log_period: int = 20
     deterministic: bool = False
     progress: bool = True
@@ -153,6 +158,34 @@ class TrainConfig:
             solver=_section(SolverConfig, "solver", data.get("solver") or {}),
             train=_section(TrainLoopConfig, "train", data.get("train") or {}),
         )
+
+
+FROM_SCRATCH = "none"
+"""``model.backbone_weights`` value that asks for a backbone trained from scratch on purpose."""
+
+# Backbones meant to start from ImageNet weights; ``tiny`` is built for from-scratch CPU work.
+_PRETRAINED_BACKBONES = ("resnet50", "resnet101", "resnet18", "mobilenet_v3")
+
+
+def check_backbone_weights(cfg: TrainConfig) -> None:
+    """Refuse a run whose backbone would silently train from scratch.
+
+    A ResNet (or MobileNet) backbone needs ``model.backbone_weights`` (a local ImageNet state
+    dict), unless ``train.init_checkpoint`` supplies the backbone (e.g. stage 2) or the config
+    says ``model.backbone_weights: none`` on purpose. The paper's numbers need an ImageNet
+    backbone; from scratch at 2 images per GPU, plain BN is a poor normaliser.
+    """
+    m, t = cfg.model, cfg.train
+    if m.backbone not in _PRETRAINED_BACKBONES or m.backbone_weights is not None:
+        return
+    if t.init_checkpoint and (not t.init_parts or "backbone" in t.init_parts):
+        return
+    raise ConfigError(
+        f"model.backbone_weights is not set: the {m.backbone} backbone would train from scratch. "
+        f"Name a local ImageNet state dict (--set model.backbone_weights=/path/{m.backbone}.pth), "
+        f"or train from scratch on purpose with --set model.backbone_weights={FROM_SCRATCH} "
+        "(on several GPUs, add --set model.norm=sync_bn)"
+    )
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

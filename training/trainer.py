@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from model import MaskXRCNN, build_model
+from model.config import ConfigError
 from training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -47,7 +48,7 @@ from training.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from training.config import TrainConfig
+from training.config import FROM_SCRATCH, TrainConfig, check_backbone_weights
 from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
 from training.datasets.flip import flip_batch, flip_map_for
@@ -136,6 +137,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.solver.lr, momentum=cfg.solver.momentum)
 
 
+def use_sync_batchnorm(
+    model: nn.Module, norm: str | None, world_size: int, device: torch.device
+) -> nn.Module:
+    """``norm="sync_bn"`` on several processes: the model with every BatchNorm layer turned into
+    ``SyncBatchNorm`` (same parameter and buffer tensors, so an optimizer built before still
+    holds them); otherwise ``model`` unchanged. A checkpoint's state dict is the same either way.
+
+    Raises ConfigError on the CPU: torch's SyncBatchNorm synchronises CUDA tensors only.
+    """
+    if norm != "sync_bn" or world_size <= 1:
+        return model
+    if device.type == "cpu":
+        raise ConfigError(
+            "model.norm=sync_bn needs GPU processes (torch's SyncBatchNorm does not run on the "
+            "CPU); use --set model.norm=bn for a multi-process CPU run"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 # ---------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainResult:
@@ -147,10 +167,15 @@ class TrainResult:
 def resolve_model_config(cfg: TrainConfig, num_classes: int) -> TrainConfig:
     """A copy of ``cfg`` whose model config is filled from the data (K) and has its defaults
     resolved, so that the checkpoint rebuilds the exact same modules without the backbone
-    weights file. ``cfg`` itself is left as it was."""
-    pretrained = cfg.model.backbone_weights is not None
+    weights file (``backbone_weights: none``, from scratch on purpose, becomes None). ``cfg``
+    itself is left as it was."""
+    weights = cfg.model.backbone_weights
+    if weights == FROM_SCRATCH:
+        weights = None
+    pretrained = weights is not None
     model_cfg = cfg.model.replace(
         num_classes=num_classes,
+        backbone_weights=weights,
         norm=cfg.model.norm or ("frozen_bn" if pretrained else "bn"),
         trainable_backbone_layers=(
             cfg.model.trainable_backbone_layers
@@ -200,7 +225,7 @@ class Trainer:
         hooks: Sequence[HookBase] | None = None,
     ) -> None:
         self.out = Path(out_dir)
-        self.dist, self.device = init_distributed(cfg.train.device)
+        self.dist, self.device = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
@@ -212,6 +237,7 @@ class Trainer:
         self.cfg = cfg = resolve_model_config(cfg, len(self.vocab))
         self.flip_map = flip_map_for(cfg.data.path(cfg.data.flip_map), self.vocab, log)
         self.model = build_model(cfg.model)
+        self._log_backbone_choice()
         if cfg.train.min_size_train:
             # torchvision picks a random short side from the tuple in training; eval uses the last.
             self.model.transform.min_size = (*cfg.train.min_size_train, cfg.model.min_size)
@@ -233,6 +259,10 @@ class Trainer:
 
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
+            # After the weights are loaded: the conversion keeps them and the buffers.
+            self.model = self.ddp_model = use_sync_batchnorm(
+                self.model, cfg.model.norm, self.dist.world_size, self.device
+            )
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -322,26 +352,31 @@ class Trainer:
             old.unlink(missing_ok=True)
 
     def evaluate(self) -> dict[str, Any]:
-        """pycocotools AP on A, B and all classes (rank 0; the others wait); writes
-        ``metrics.json`` and tells the hooks. Leaves the model in training mode."""
+        """pycocotools AP on A, B and all classes; writes ``metrics.json`` and tells the hooks.
+
+        Every rank runs inference on its shard of the validation set (no rank idles while
+        another predicts); rank 0 scores the gathered detections and every rank gets its
+        metrics. Every rank must call it. Leaves the model in training mode.
+        """
         metrics: dict[str, Any] = {}
-        if self.val_set is not None and self.dist.is_main:
+        if self.val_set is not None:
             from training.evaluation import evaluate, write_metrics_json
 
+            # Ranks predict with one model: BatchNorm statistics as in the checkpoint.
+            self._sync_buffers()
             loader = build_data_loader(
                 self.val_set, self.cfg.solver.batch_size, workers=self.cfg.data.workers,
-                shuffle=False,
+                shuffle=False, distributed=self.dist.enabled,
             )  # fmt: skip
             iou_types = ("bbox",) if self.cfg.train.scheme == "stage1" else ("bbox", "segm")
             metrics = evaluate(
                 self.model, loader, self.val_set.coco, self.vocab, device=str(self.device),
-                progress=self.cfg.train.progress, iou_types=iou_types,
+                progress=self.cfg.train.progress and self.dist.is_main, iou_types=iou_types,
             )  # fmt: skip
             metrics = {"step": self.iter, **metrics}
-            write_metrics_json(metrics, self.out / "metrics.json")
-            log.info("step %d: %s", self.iter, _summary(metrics))
-        if self.dist.enabled:
-            dist.barrier()
+            if self.dist.is_main:
+                write_metrics_json(metrics, self.out / "metrics.json")
+                log.info("step %d: %s", self.iter, _summary(metrics))
         self.model.train()
         _frozen_modules_to_eval(self.model, self.cfg.train.scheme)
         self.metrics = metrics
@@ -371,11 +406,7 @@ class Trainer:
                 self.step()
                 for hook in self.hooks:
                     hook.after_step()
-            if self.dist.enabled:
-                # DDP syncs buffers at the start of each forward; after the last one, BatchNorm
-                # statistics differ per rank. Make every rank hold what the checkpoint holds.
-                for buffer in self.model.buffers():
-                    dist.broadcast(buffer, 0)
+            self._sync_buffers()
             if self.iter >= max_iter:
                 self.evaluate()
             self.save(final=self.iter >= max_iter)
@@ -397,6 +428,37 @@ class Trainer:
         set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
         if self.dist.is_main:
             log.info("resuming %s from step %d", self.out, self.iter)
+
+    def _log_backbone_choice(self) -> None:
+        m, world = self.cfg.model, self.dist.world_size
+        if not self.dist.is_main:
+            return
+        source = m.backbone_weights or (
+            f"train.init_checkpoint {self.cfg.train.init_checkpoint}"
+            if self.cfg.train.init_checkpoint
+            else "from scratch"
+        )
+        norm = m.norm
+        if norm == "sync_bn" and world == 1:
+            norm = "sync_bn (plain BN in one process)"
+        log.info(
+            "backbone %s: %s; norm %s; %d trainable stages; %d process(es) × %d images",
+            m.backbone, source, norm, m.trainable_backbone_layers, world,
+            self.cfg.solver.batch_size,
+        )  # fmt: skip
+        if m.norm == "bn" and world > 1 and m.backbone_weights is None:
+            log.warning(
+                "backbone from scratch with plain BN on %d processes: each BN layer normalises "
+                "over one process's %d images; --set model.norm=sync_bn normalises over all %d",
+                world, self.cfg.solver.batch_size, world * self.cfg.solver.batch_size,
+            )  # fmt: skip
+
+    def _sync_buffers(self) -> None:
+        # DDP syncs buffers at the start of each forward; after the last one, BatchNorm
+        # statistics differ per rank. Make every rank hold what the checkpoint holds.
+        if self.dist.enabled:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
 
     def _step_batches(self) -> Iterator[Any]:
         # Each epoch starts a fresh pass over the loader (skipping what a resumed run already
@@ -552,9 +614,11 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a run in ``out_dir`` with the default hooks (``maskx train``).
 
-    Returns the trained model (unwrapped, on its device), the last evaluation and the step
-    reached.
+    Refuses (:class:`~model.config.ConfigError`) a backbone that would silently train from
+    scratch (:func:`training.config.check_backbone_weights`). Returns the trained model
+    (unwrapped, on its device), the last evaluation and the step reached.
     """
+    check_backbone_weights(cfg)
     return Trainer(cfg, out_dir, resume=resume).train(max_steps_this_run)
 
 
