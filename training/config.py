@@ -22,6 +22,9 @@ DATA_KINDS = ("coco", "vg", "coco_in_vg", "vg+coco")
 SCHEMES = ("end_to_end", "stage1", "stage2")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
+# The values training.datasets.visual_genome accepts (kept here so a config loads without it).
+VG_VOCABULARIES = ("reference", "by_count")
+VG_MULTI_SYNSET = ("drop", "first")
 
 
 @dataclass
@@ -45,6 +48,17 @@ class DataConfig:
     vg_objects: str | None = None
     vg_images: str | None = None
     vg_num_classes: int = 3000
+    """K, the synsets kept by count. With ``vg_vocabulary: reference`` the vocabulary is these K
+    plus every COCO class whose synset is not among them (3001 classes on Visual Genome 1.4)."""
+    vg_vocabulary: str = "reference"
+    """``reference``: the authors' rule (COCO classes first in COCO order, the other top-K
+    synsets sorted by name); ``by_count``: maskx's earlier rule (the rest most frequent first)."""
+    vg_multi_synset: str = "drop"
+    """An object with several synsets: ``drop`` it (the reference,
+    ``step_1_build_vg3k_raw_json.py``) or label it by its ``first`` synset."""
+    vg_exclude_coco_val: bool = True
+    """Hold out the Visual Genome images that are COCO images of ``val_annotations`` (the
+    reference holds out COCO minival = val2017); the count is logged."""
     workers: int = 2
     drop_empty: bool = True
     aspect_ratio_grouping: bool = True
@@ -127,6 +141,14 @@ class TrainConfig:
         _choice("train.scheme", self.train.scheme, SCHEMES)
         _choice("solver.optimizer", self.solver.optimizer, OPTIMIZERS)
         _choice("solver.amp", self.solver.amp, AMP_MODES)
+        _choice("data.vg_vocabulary", self.data.vg_vocabulary, VG_VOCABULARIES)
+        _choice("data.vg_multi_synset", self.data.vg_multi_synset, VG_MULTI_SYNSET)
+        if self.data.kind != "coco" and self.data.mask_classes != "all":
+            raise ConfigError(
+                f"data.mask_classes={self.data.mask_classes!r} cannot be used with "
+                f"data.kind={self.data.kind!r}: the mask classes (A) of a Visual Genome "
+                "vocabulary are its 80 COCO classes; leave data.mask_classes at 'all'"
+            )
         s = self.solver
         if s.batch_size < 1 or s.accumulate < 1 or s.max_iter < 1:
             raise ConfigError(

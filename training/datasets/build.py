@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from training.config import TrainConfig
@@ -9,10 +11,14 @@ from training.datasets import (
     MASK_SPLITS,
     ClassVocabulary,
     CocoDataset,
+    DatasetError,
     MixedDataset,
     VisualGenomeDataset,
     coco_in_vocabulary,
 )
+from training.datasets.coco import load_json
+
+log = logging.getLogger(__name__)
 
 
 def _need(cfg: TrainConfig, *fields: str) -> None:
@@ -31,6 +37,18 @@ def _mask_spec(cfg: TrainConfig) -> str:
     return str(cfg.data.path(spec))
 
 
+def coco_image_ids(annotation_file: str | Path) -> list[int]:
+    """The image ids of a COCO-format json (e.g. COCO val, to hold out of Visual Genome)."""
+    data = load_json(Path(annotation_file))
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DatasetError(f"{annotation_file}: no 'images' list")
+    ids = [img.get("id") for img in images if isinstance(img, dict)]
+    if len(ids) != len(images) or not all(isinstance(i, int) for i in ids):
+        raise DatasetError(f"{annotation_file}: every image needs an integer 'id'")
+    return ids
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None, ClassVocabulary]:
     """Build (train, val or None, vocabulary) for ``cfg.data``.
 
@@ -38,7 +56,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None, ClassVocabulary]:
     Genome boxes for all classes (stage 1 of the 3000-class model). ``coco_in_vg``: COCO
     relabelled into the Visual Genome vocabulary, masks for its 80 classes (stage 2).
     ``vg+coco``: both mixed (end-to-end). Validation for the VG kinds is COCO val relabelled
-    into the VG vocabulary (masks exist only for COCO classes).
+    into the VG vocabulary (masks exist only for COCO classes); the Visual Genome images that
+    are COCO val images are held out of training (``data.vg_exclude_coco_val``).
     """
     d = cfg.data
     if d.kind == "coco":
@@ -55,10 +74,25 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None, ClassVocabulary]:
         return train, val, vocab
 
     _need(cfg, "vg_image_data", "vg_objects")
+    held_out: list[int] = []
+    if d.vg_exclude_coco_val:
+        if d.val_annotations is None:
+            raise ValueError(
+                "data.vg_exclude_coco_val holds out the Visual Genome images that are in COCO "
+                "val, but data.val_annotations is not set; set it (COCO val2017 json) or set "
+                "data.vg_exclude_coco_val=false"
+            )
+        held_out = coco_image_ids(d.path(d.val_annotations))
     vg = VisualGenomeDataset(
         d.path(d.vg_image_data), d.path(d.vg_objects), d.path(d.vg_images),
-        num_classes=d.vg_num_classes,
+        num_classes=d.vg_num_classes, vocabulary_rule=d.vg_vocabulary,
+        multi_synset=d.vg_multi_synset, exclude_coco_ids=held_out,
     )  # fmt: skip
+    if d.vg_exclude_coco_val:
+        log.info(
+            "Visual Genome: held out %d images that are in COCO val (%s)",
+            len(vg.stats.held_out_image_ids), d.path(d.val_annotations),
+        )  # fmt: skip
     vocab = vg.vocab
     val = None
     if d.val_annotations:
