@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from training.config import load_config
+    from training.datasets import DatasetError
     from training.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -40,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
         metrics = train(cfg, args.out, resume=args.resume).metrics
-    except ConfigError as exc:
+    except (ConfigError, DatasetError) as exc:
+        # Bad settings or data: a message naming the field or path, exit 2, no traceback.
         print(f"maskx train: {exc}", file=sys.stderr)
         return 2
     if metrics:

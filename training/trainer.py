@@ -226,8 +226,6 @@ class Trainer:
     ) -> None:
         self.out = Path(out_dir)
         self.dist, self.device = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -266,6 +264,14 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        # Each rank's sampler holds ceil(N / world) images; a step takes batch × accumulate.
+        per_rank = -(-len(self.train_set) // self.dist.world_size)
+        if per_rank < cfg.solver.batch_size * cfg.solver.accumulate:
+            raise ConfigError(
+                f"the training set ({len(self.train_set)} images) is smaller than one step's "
+                f"batch ({cfg.solver.batch_size} × {cfg.solver.accumulate} × "
+                f"{self.dist.world_size})"
+            )
         self.loader = build_data_loader(
             self.train_set,
             cfg.solver.batch_size,
@@ -276,12 +282,6 @@ class Trainer:
             aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
         )
         self.batches_per_epoch = len(self.loader) // cfg.solver.accumulate
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"the training set ({len(self.train_set)} images) is smaller than one step's "
-                f"batch ({cfg.solver.batch_size} × {cfg.solver.accumulate} × "
-                f"{self.dist.world_size})"
-            )
         self._epoch: int | None = None
         self._batches: Iterator[Any] = iter(())
         self.stop_at = cfg.solver.max_iter
@@ -290,6 +290,9 @@ class Trainer:
         self.hooks: list[HookBase] = list(default_hooks(cfg) if hooks is None else hooks)
         for hook in self.hooks:
             hook.trainer = self
+        if self.dist.is_main:
+            # Only now: a run that cannot start (data, config) leaves no half-made folder.
+            self.out.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ the three verbs
     def step(self) -> dict[str, float]:

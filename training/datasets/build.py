@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from model.config import ConfigError
 from training.config import TrainConfig
 from training.datasets import (
     MASK_SPLITS,
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def _need(cfg: TrainConfig, *fields: str) -> None:
     missing = [f"data.{f}" for f in fields if getattr(cfg.data, f) is None]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"data.kind={cfg.data.kind!r} needs {', '.join(missing)} "
             "(set them in the config or with --set data.FIELD=VALUE)"
         )
@@ -35,6 +36,37 @@ def _mask_spec(cfg: TrainConfig) -> str:
     if spec in MASK_SPLITS:
         return spec
     return str(cfg.data.path(spec))
+
+
+# data fields that name files (the rest of the path fields name folders)
+_FILE_FIELDS = ("train_annotations", "val_annotations", "vg_image_data", "vg_objects")
+
+
+def check_data_paths(cfg: TrainConfig) -> None:
+    """Raise :class:`DatasetError` naming the field and the path of the first data file or
+    folder of ``cfg.data`` that the run would read and that does not exist, before anything is
+    loaded or written."""
+    d = cfg.data
+    fields = ["train_annotations", "train_images", "val_annotations", "val_images"]
+    if d.kind != "coco":
+        fields = ["vg_image_data", "vg_objects", "vg_images", "val_annotations", "val_images"]
+        if d.kind != "vg":
+            fields += ["train_annotations", "train_images"]
+    if d.flip_map:
+        fields.append("flip_map")
+    if d.kind == "coco" and d.mask_classes not in MASK_SPLITS:
+        fields.append("mask_classes")
+    for name in fields:
+        value = getattr(d, name)
+        if value is None or (name == "val_images" and d.val_annotations is None):
+            continue
+        path = d.path(value)
+        is_file = name in _FILE_FIELDS or name in ("flip_map", "mask_classes")
+        ok = path.is_file() if is_file else path.is_dir()
+        if not ok:
+            what = "file" if is_file else "folder"
+            exists = " is not a " + what if path.exists() else " does not exist"
+            raise DatasetError(f"data.{name}: {what} {path}{exists}")
 
 
 def coco_image_ids(annotation_file: str | Path) -> list[int]:
@@ -60,6 +92,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None, ClassVocabulary]:
     are COCO val images are held out of training (``data.vg_exclude_coco_val``).
     """
     d = cfg.data
+    check_data_paths(cfg)
     if d.kind == "coco":
         _need(cfg, "train_annotations", "train_images")
         train = CocoDataset(
@@ -77,7 +110,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any | None, ClassVocabulary]:
     held_out: list[int] = []
     if d.vg_exclude_coco_val:
         if d.val_annotations is None:
-            raise ValueError(
+            raise ConfigError(
                 "data.vg_exclude_coco_val holds out the Visual Genome images that are in COCO "
                 "val, but data.val_annotations is not set; set it (COCO val2017 json) or set "
                 "data.vg_exclude_coco_val=false"
