@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-resume",
         dest="resume",
         action="store_false",
-        help="start afresh even if RUN_DIR/checkpoints/last.pt exists",
+        help="start afresh even if RUN_DIR holds a run (it is moved to RUN_DIR/previous/<time>/); "
+        "without it, a run in RUN_DIR continues only if its config.yaml equals this config",
     )
     parser.add_argument("--data-root", help="shorthand for --set data.root=PATH")
     parser.add_argument("--mask-classes", help="shorthand for --set data.mask_classes=SPEC")

@@ -210,6 +210,31 @@ def check_backbone_weights(cfg: TrainConfig) -> None:
     )
 
 
+# Settings a resumed run may change: they alter how a run reports, not what it trains.
+RESUME_FREE_KEYS = frozenset(
+    {"train.progress", "train.tensorboard", "train.log_period", "train.dist_timeout_minutes"}
+)
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(section.field, saved value, current value)`` for every field whose value differs
+    between two configs (as :meth:`TrainConfig.to_dict` writes them, each normalised through
+    :class:`TrainConfig` so that fields a newer version added count at their defaults), leaving
+    out :data:`RESUME_FREE_KEYS`. Sorted by key."""
+    a = TrainConfig.from_dict(saved).to_dict()
+    b = TrainConfig.from_dict(current).to_dict()
+    out = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            name = f"{section}.{key}"
+            if name not in RESUME_FREE_KEYS and sa.get(key) != sb.get(key):
+                out.append((name, sa.get(key), sb.get(key)))
+    return out
+
+
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 

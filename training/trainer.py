@@ -12,8 +12,10 @@ CPU). Rank 0 writes checkpoints, logs and metrics. A run folder holds::
     curves.png             training curves
     tb/                    TensorBoard scalars
 
-A run resumes from ``checkpoints/last.pt`` when it exists (unless ``resume=False``); with
-deterministic settings a resumed run ends with the weights of an uninterrupted one.
+A run resumes from ``checkpoints/last.pt`` when it exists (unless ``resume=False``), and only
+when the folder's ``config.yaml`` equals the run's config (else ConfigError naming the fields);
+``resume=False`` moves a previous run to ``previous/<time>/``. With deterministic settings a
+resumed run ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -48,7 +50,12 @@ from training.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from training.config import FROM_SCRATCH, TrainConfig, check_backbone_weights
+from training.config import (
+    FROM_SCRATCH,
+    TrainConfig,
+    check_backbone_weights,
+    config_differences,
+)
 from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
 from training.datasets.flip import flip_batch, flip_map_for
@@ -210,7 +217,7 @@ class Trainer:
     """Owns a run: model, optimizer, data, step counter, and the hooks around ``step``.
 
     ``Trainer(cfg, out_dir)`` builds everything and resumes from ``out_dir/checkpoints/last.pt``
-    (unless ``resume=False``); ``step()`` is one optimisation step; ``save()`` writes a
+    (unless ``resume=False``; only with the folder's own config); ``step()`` is one optimisation step; ``save()`` writes a
     checkpoint; ``evaluate()`` runs pycocotools AP on the validation set; ``train()`` loops
     ``step`` until ``solver.max_iter`` and finishes with an evaluation and ``model_final.pt``.
     ``hooks=None`` installs :func:`default_hooks`; pass ``[]`` for a bare loop (benchmarks).
@@ -252,8 +259,10 @@ class Trainer:
         self.last_losses: dict[str, float] = {}
         self.metrics: dict[str, Any] = {}
         last = self.out / "checkpoints" / "last.pt"
-        if resume and last.is_file():
-            self._resume_from(last)
+        if resume:
+            self._check_same_run(last)
+            if last.is_file():
+                self._resume_from(last)
 
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
@@ -293,6 +302,8 @@ class Trainer:
         if self.dist.is_main:
             # Only now: a run that cannot start (data, config) leaves no half-made folder.
             self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                _move_previous_run(self.out)
 
     # ------------------------------------------------------------------ the three verbs
     def step(self) -> dict[str, float]:
@@ -419,6 +430,32 @@ class Trainer:
         return TrainResult(model=self.model, metrics=self.metrics, step=self.iter)
 
     # ------------------------------------------------------------------------ helpers
+    def _check_same_run(self, last: Path) -> None:
+        """Continue a run only with its own config: raise ConfigError naming the fields that
+        differ between ``out/config.yaml`` (else the checkpoint's) and this command's."""
+        saved_file = self.out / "config.yaml"
+        if saved_file.is_file():
+            saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+            where = str(saved_file)
+        elif last.is_file():
+            saved, where = load_checkpoint(last).get("train_config") or {}, str(last)
+        else:
+            return
+        try:
+            diffs = config_differences(saved, self.cfg.to_dict())
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: cannot read the run's config to resume: {exc}") from exc
+        if not diffs:
+            return
+        shown = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in diffs[:8])
+        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        raise ConfigError(
+            f"{self.out} holds a run with another config ({where}): "
+            f"{', '.join(k for k, _, _ in diffs)} differ — {shown}{more}. To continue that run, "
+            "give its config again; for a new run, choose another --out, or pass --no-resume "
+            f"to start afresh in {self.out} (the old run is moved to {self.out}/previous/)"
+        )
+
     def _resume_from(self, last: Path) -> None:
         ckpt = load_checkpoint(last)
         self.model.load_state_dict(ckpt["model"])
@@ -593,6 +630,27 @@ class TrainingLogger(HookBase):
                 from training.curves import plot_curves
 
                 plot_curves(self.writer.path, self.trainer.out / "curves.png")
+
+
+_RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.json", "curves.png", "tb")
+
+
+def _move_previous_run(out: Path) -> None:
+    # A fresh start in a used folder (--no-resume) keeps the old run whole in previous/<time>/:
+    # its config is never overwritten, its metrics.jsonl never appended to, and its step_*.pt
+    # files never mistaken for this run's by the pruning of old checkpoints.
+    present = [out / name for name in _RUN_FILES if (out / name).exists()]
+    if not present:
+        return
+    dest = out / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    suffix = 0
+    while dest.exists():
+        suffix += 1
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{suffix}")
+    dest.mkdir(parents=True)
+    for path in present:
+        path.rename(dest / path.name)
+    log.info("--no-resume: the previous run in %s was moved to %s", out, dest)
 
 
 def default_hooks(cfg: TrainConfig) -> list[HookBase]:
