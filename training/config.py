@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +177,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; allowed: {sorted(sections)}")
         return cls(
-            model=ModelConfig.from_dict(dict(data.get("model") or {})),
+            model=ModelConfig.from_dict(
+                checked_types(ModelConfig, "model", dict(data.get("model") or {}))
+            ),
             data=_section(DataConfig, "data", data.get("data") or {}),
             solver=_section(SolverConfig, "solver", data.get("solver") or {}),
             train=_section(TrainLoopConfig, "train", data.get("train") or {}),
@@ -245,7 +249,67 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"unknown field(s) {[f'{name}.{k}' for k in unknown]}; "
                           f"allowed: {sorted(f'{name}.{k}' for k in known)}")  # fmt: skip
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return cls(**checked_types(cls, name, values))
+
+
+def checked_types(cls: type, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for the fields of dataclass ``cls`` with their declared types checked.
+
+    An int is taken where a float is declared (as a float), a list where a tuple is declared
+    (as a tuple); anything else of the wrong type raises :class:`ConfigError` naming
+    ``section.field``, the value and the expected type (a string where a number is declared, a
+    float where an int is, a number where a bool is). Unknown keys are passed through.
+    """
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key in hints:
+            value = _typed(f"{section}.{key}", value, hints[key])
+        out[key] = value
+    return out
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        ok, converted = _convert(value, option)
+        if ok:
+            return converted
+    expected = " or ".join(_type_name(o) for o in options)
+    message = f"{name}={value!r}: expected {expected}, got {type(value).__name__}"
+    if str in options and isinstance(value, int | float):
+        message += f" (quote it to mean text: --set {name}='\"{value}\"')"
+    raise ConfigError(message)
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, list | tuple):
+        item = typing.get_args(hint)[0]
+        items = [_convert(v, item) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    return hint is type(None) and value is None, value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
