@@ -65,11 +65,30 @@ def init_distributed(
         # Before the group exists: NCCL's object collectives use the current device.
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        global _timeout
+        _timeout = timedelta(minutes=timeout_minutes)
         dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=timedelta(minutes=timeout_minutes),
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=_timeout
         )
     return info, device
+
+
+_timeout: timedelta | None = None
+_object_groups: dict[int, Any] = {}
+
+
+def _object_group() -> Any:
+    """The group for gathering Python objects: the default one under gloo; under NCCL a gloo
+    group over the same ranks, so that detections are pickled into host memory rather than
+    into GPU buffers of every rank's size on rank 0 (detectron2 does the same). Created on
+    first use, which every rank reaches together (a collective)."""
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _object_groups:
+        kwargs = {"timeout": _timeout} if _timeout is not None else {}
+        _object_groups[key] = dist.new_group(backend="gloo", **kwargs)
+    return _object_groups[key]
 
 
 def dist_info() -> DistInfo:
@@ -86,7 +105,7 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     if not info.enabled:
         return [obj]
     out: list[Any] | None = [None] * info.world_size if info.is_main else None
-    dist.gather_object(obj, out, dst=0)
+    dist.gather_object(obj, out, dst=0, group=_object_group())
     return out
 
 
@@ -95,5 +114,5 @@ def broadcast_from_main(obj: Any) -> Any:
     if not dist_info().enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_object_group())
     return box[0]

@@ -87,3 +87,17 @@ def test_sync_bn_on_cpu_processes_is_refused():
 def test_unknown_norm_names_the_choices():
     with pytest.raises(ConfigError, match="sync_bn"):
         ModelConfig(norm="group_norm")
+
+
+def test_the_backbone_choice_is_logged(synth_root, tmp_path, caplog):
+    import logging
+
+    from tests.helpers import TINY_CONFIG, tiny_train_overrides
+    from training.trainer import Trainer
+
+    cfg = load_config(TINY_CONFIG, tiny_train_overrides(synth_root, **{"solver.max_iter": 1}))
+    with caplog.at_level(logging.INFO, logger="maskx.train"):
+        Trainer(cfg, tmp_path / "run", hooks=[])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backbone")]
+    assert lines == ["backbone tiny: from scratch; norm bn; 5 trainable stages; 1 process(es) × 2 "
+                     "images"]  # fmt: skip

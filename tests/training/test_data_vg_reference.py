@@ -141,3 +141,26 @@ def test_vg_config_fields_are_checked(tmp_path):
     assert (cfg.data.vg_vocabulary, cfg.data.vg_multi_synset, cfg.data.vg_exclude_coco_val) == (
         "reference", "drop", True,
     )  # fmt: skip
+
+
+# The reference's hand-written COCO -> synset table (step_2_build_vg3k_cocoaligned_json.py).
+REFERENCE_MANUAL = {
+    "cell phone": "cellular_telephone.n.01", "couch": "sofa.n.01",
+    "dining table": "dinner_table.n.01", "donut": "doughnut.n.02",
+    "fire hydrant": "water_faucet.n.01", "hair drier": "hand_blower.n.01",
+    "handbag": "bag.n.04", "hot dog": "hotdog.n.01", "orange": "orange.n.01",
+    "potted plant": "plant.n.01", "remote": "remote_control.n.01", "skis": "ski.n.01",
+    "sports ball": "ball.n.01", "stop sign": "sign.n.02", "suitcase": "bag.n.06",
+    "teddy bear": "teddy.n.01", "tv": "television.n.01", "wine glass": "wineglass.n.01",
+}  # fmt: skip
+
+
+def test_the_synset_table_agrees_with_the_reference_class_by_class():
+    manual = {c.name: c.synset for c in coco_classes() if c.reference == "manual"}
+    assert manual == REFERENCE_MANUAL
+    # Every other class is mapped by name: its synset's lemma is the COCO name ("tie" ->
+    # tie.n.01, not necktie.n.01, which the reference leaves a class of its own).
+    by_name = [c for c in coco_classes() if c.reference == "by_name"]
+    assert len(by_name) == 62
+    assert all(c.synset.rsplit(".", 2)[0].replace("_", " ") == c.name for c in by_name)
+    assert next(c.synset for c in by_name if c.name == "tie") == "tie.n.01"
