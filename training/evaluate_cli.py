@@ -96,7 +96,9 @@ def run_evaluation(
     from training.evaluation import evaluate
 
     info, torch_device = init_distributed(device, dist_timeout_minutes)
-    model, vocab, _ = load_model_from_checkpoint(checkpoint)
+    model, vocab, ckpt = load_model_from_checkpoint(checkpoint)
+    # A Visual Genome model on COCO val: only its COCO classes have ground truth there.
+    kind = ((ckpt.get("train_config") or {}).get("data") or {}).get("kind", "coco")
     if mask_classes is not None:
         vocab = vocab.with_mask_split(mask_classes)
     if score_threshold is not None:
@@ -109,7 +111,7 @@ def run_evaluation(
     )
     return evaluate(
         model, loader, dataset.coco, vocab, device=device, progress=progress and info.is_main,
-        results_path=results_path,
+        results_path=results_path, skip_classes_without_ground_truth=kind != "coco",
     )  # fmt: skip
 
 

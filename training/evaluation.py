@@ -150,8 +150,14 @@ def coco_evaluate(
     results: Sequence[Mapping[str, Any]],
     vocab: Vocabulary,
     iou_types: Sequence[str] = IOU_TYPES,
+    skip_classes_without_ground_truth: bool = False,
 ) -> Metrics:
     """Score COCO results against ground truth on all classes, on A and on B.
+
+    ``skip_classes_without_ground_truth``: leave out of every subset (and drop the detections
+    of) the classes whose ``source_id`` is not a category of the ground truth — a Visual Genome
+    model scored on COCO val, whose VG-only classes COCO does not label. Without it such a
+    class is an error.
 
     Returns ``{iou_type: {"all" | "A" | "B": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}}``
     with values in [0, 1]. A subset with no class gives None everywhere; a value pycocotools
@@ -164,10 +170,13 @@ def coco_evaluate(
     subsets = subset_category_ids(vocab)
     gt_cats = set(coco_gt.getCatIds())
     missing = [i for i in subsets["all"] if i not in gt_cats]
-    if missing:
+    if missing and not skip_classes_without_ground_truth:
         raise ValueError(
             f"vocabulary source_ids {missing[:5]} are not categories of the ground truth"
         )
+    if missing:
+        subsets = {k: [i for i in ids if i in gt_cats] for k, ids in subsets.items()}
+        results = [r for r in results if int(r["category_id"]) in gt_cats]
     gt_images = set(coco_gt.getImgIds())
     stray = sorted({int(r["image_id"]) for r in results} - gt_images)
     if stray:
@@ -270,6 +279,7 @@ def evaluate(
     mask_threshold: float = 0.5,
     iou_types: Sequence[str] = IOU_TYPES,
     results_path: str | os.PathLike[str] | None = None,
+    skip_classes_without_ground_truth: bool = False,
 ) -> Metrics:
     """Run a detection model over a loader and score it with pycocotools.
 
@@ -277,7 +287,8 @@ def evaluate(
     with ``distributed=True, shuffle=False``): each rank predicts its shard, the COCO results
     are gathered to rank 0, which alone runs COCOeval (and writes ``results_path``, the COCO
     results file, when given); every rank returns rank 0's metrics. Without a group, one
-    process does it all. See :func:`predict_coco_results` for the model and loader contract.
+    process does it all. See :func:`predict_coco_results` for the model and loader contract,
+    :func:`coco_evaluate` for ``skip_classes_without_ground_truth``.
     """
     from training.distributed import broadcast_from_main, gather_to_main
 
@@ -292,7 +303,9 @@ def evaluate(
         results = [r for shard in shards for r in shard]
         if results_path is not None:
             write_coco_results(results, results_path)
-        metrics = coco_evaluate(coco_gt, results, vocab, iou_types)
+        metrics = coco_evaluate(
+            coco_gt, results, vocab, iou_types, skip_classes_without_ground_truth
+        )
     return broadcast_from_main(metrics)
 
 

@@ -386,6 +386,8 @@ class Trainer:
             metrics = evaluate(
                 self.model, loader, self.val_set.coco, self.vocab, device=str(self.device),
                 progress=self.cfg.train.progress and self.dist.is_main, iou_types=iou_types,
+                # A VG model on COCO val: only its COCO classes have ground truth there.
+                skip_classes_without_ground_truth=self.cfg.data.kind != "coco",
             )  # fmt: skip
             metrics = {"step": self.iter, **metrics}
             if self.dist.is_main:

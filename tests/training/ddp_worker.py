@@ -7,6 +7,7 @@ tests can compare them.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from training.trainer import train
 
 def main() -> None:
     config, out, *overrides = sys.argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")  # as maskx train
     result = train(load_config(config, overrides), Path(out))
     rank = dist.get_rank()
     torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pt")

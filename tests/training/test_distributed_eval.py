@@ -108,3 +108,38 @@ def test_two_process_training_evaluates_on_every_rank(synth_root, tmp_path):
         device="cpu", workers=0, progress=False,
     )  # fmt: skip
     assert format_metrics(final) == format_metrics(single)
+
+
+def test_two_process_visual_genome_run_holds_out_coco_val_and_scores_like_one(tmp_path):
+    fixtures = REPO / "tests" / "fixtures"
+    vg, coco = fixtures / "vg_tiny", fixtures / "coco_tiny"
+    # COCO val whose image 1 is COCO id 139, the VG fixture's image 1: held out of training.
+    data = json.loads((coco / "annotations.json").read_text())
+    data["images"][0]["id"] = 139
+    for ann in data["annotations"]:
+        ann["image_id"] = 139 if ann["image_id"] == 1 else ann["image_id"]
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps(data))
+    out = tmp_path / "vg"
+    sets = tiny_train_overrides(
+        tmp_path,
+        **{"data.kind": "vg", "data.vg_image_data": str(vg / "image_data.json"),
+           "data.vg_objects": str(vg / "objects.json"), "data.vg_images": str(vg),
+           "data.vg_num_classes": 83, "data.mask_classes": "all", "data.flip_map": "null",
+           "data.train_annotations": "null", "data.train_images": "null",
+           "data.val_annotations": str(val), "data.val_images": str(coco),
+           "data.aspect_ratio_grouping": "false", "solver.batch_size": 1,
+           "solver.max_iter": 2, "train.eval_period": 1, "train.checkpoint_period": 0,
+           "train.scheme": "stage1"},
+    )  # fmt: skip
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [*TORCHRUN, str(worker), str(TINY_CONFIG), str(out), *sets]
+    res = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "held out 1 images that are in COCO val" in res.stderr
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["step"] == 2 and "bbox" in final and "segm" not in final
+    assert json.loads((out / "rank1_metrics.json").read_text()) == final
+    single = run_evaluation(str(out / "checkpoints" / "model_final.pt"), str(val), str(coco),
+                            device="cpu", workers=0, progress=False)  # fmt: skip
+    assert format_metrics(final) == format_metrics({"bbox": single["bbox"]})
