@@ -40,9 +40,7 @@ class ModelConfig:
     trainable_backbone_layers: int | None = None
     """Backbone stages left trainable (0..5); default 3 with weights, 5 from scratch."""
     norm: str | None = None
-    """``frozen_bn``, ``bn`` or ``sync_bn``; default frozen with weights (torchvision's rule), bn
-    otherwise. ``sync_bn`` builds plain BN, which the trainer converts to ``SyncBatchNorm`` when it
-    runs on several processes (statistics over every rank's images)."""
+    """``frozen_bn`` or ``bn``; default frozen with weights (torchvision's rule), bn otherwise."""
     fpn_channels: int = 256
     tiny_widths: tuple[int, ...] = (32, 64, 96, 128)
     """Stage widths of the ``tiny`` backbone (a small ResNet-like trunk for CPU work)."""
