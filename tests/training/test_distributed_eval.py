@@ -143,3 +143,25 @@ def test_two_process_visual_genome_run_holds_out_coco_val_and_scores_like_one(tm
     single = run_evaluation(str(out / "checkpoints" / "model_final.pt"), str(val), str(coco),
                             device="cpu", workers=0, progress=False)  # fmt: skip
     assert format_metrics(final) == format_metrics({"bbox": single["bbox"]})
+
+
+def test_the_process_group_timeout_is_the_setting(monkeypatch):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from training import distributed
+    from training.config import TrainConfig
+
+    seen = {}
+    monkeypatch.setattr(distributed, "_timeout", None)  # restored after the test
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    info, device = distributed.init_distributed("cpu", 7)
+    assert (info.rank, info.world_size, device.type) == (1, 2, "cpu")
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=7)}
+    assert TrainConfig().train.dist_timeout_minutes == 30  # detectron2's default
+    with pytest.raises(ValueError, match="timeout"):
+        distributed.init_distributed("cpu", 0)
