@@ -411,10 +411,11 @@ class Trainer:
             if max_steps_this_run is None
             else min(max_iter, self.iter + max_steps_this_run)
         )
-        if self.dist.is_main:
-            (self.out / "config.yaml").write_text(
-                yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-            )
+        config_file = self.out / "config.yaml"
+        # Written once per run: a resumed run's config equals it (checked at construction),
+        # and a fresh start moved the old one away, so it is never overwritten.
+        if self.dist.is_main and not config_file.exists():
+            config_file.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         try:
             for hook in self.hooks:
                 hook.before_train()
