@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-resume",
         dest="resume",
         action="store_false",
-        help="start afresh even if RUN_DIR/checkpoints/last.pt exists",
+        help="start afresh even if RUN_DIR holds a run (it is moved to RUN_DIR/previous/<time>/); "
+        "without it, a run in RUN_DIR continues only if its config.yaml equals this config",
     )
     parser.add_argument("--data-root", help="shorthand for --set data.root=PATH")
     parser.add_argument("--mask-classes", help="shorthand for --set data.mask_classes=SPEC")
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from training.config import load_config
+    from training.datasets import DatasetError
     from training.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -39,10 +41,11 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"solver.max_iter={args.max_iter}")
     try:
         cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
+        metrics = train(cfg, args.out, resume=args.resume).metrics
+    except (ConfigError, DatasetError) as exc:
+        # Bad settings or data: a message naming the field or path, exit 2, no traceback.
         print(f"maskx train: {exc}", file=sys.stderr)
         return 2
-    metrics = train(cfg, args.out, resume=args.resume).metrics
     if metrics:
         from training.evaluate_cli import format_metrics
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ DATA_KINDS = ("coco", "vg", "coco_in_vg", "vg+coco")
 SCHEMES = ("end_to_end", "stage1", "stage2")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
+# The values training.datasets.visual_genome accepts (kept here so a config loads without it).
+VG_VOCABULARIES = ("reference", "by_count")
+VG_MULTI_SYNSET = ("drop", "first")
 
 
 @dataclass
@@ -45,6 +50,17 @@ class DataConfig:
     vg_objects: str | None = None
     vg_images: str | None = None
     vg_num_classes: int = 3000
+    """K, the synsets kept by count. With ``vg_vocabulary: reference`` the vocabulary is these K
+    plus every COCO class whose synset is not among them (3001 classes on Visual Genome 1.4)."""
+    vg_vocabulary: str = "reference"
+    """``reference``: the authors' rule (COCO classes first in COCO order, the other top-K
+    synsets sorted by name); ``by_count``: maskx's earlier rule (the rest most frequent first)."""
+    vg_multi_synset: str = "drop"
+    """An object with several synsets: ``drop`` it (the reference,
+    ``step_1_build_vg3k_raw_json.py``) or label it by its ``first`` synset."""
+    vg_exclude_coco_val: bool = True
+    """Hold out the Visual Genome images that are COCO images of ``val_annotations`` (the
+    reference holds out COCO minival = val2017); the count is logged."""
     workers: int = 2
     drop_empty: bool = True
     aspect_ratio_grouping: bool = True
@@ -100,7 +116,12 @@ class TrainLoopConfig:
     checkpoint_period: int = 1000
     keep_checkpoints: int = 3
     eval_period: int = 0
-    """Evaluate on the validation set every N steps (0: only at the end)."""
+    """Evaluate on the validation set every N steps (0: only at the end); every rank runs
+    its shard of the set and rank 0 scores the gathered detections."""
+    dist_timeout_minutes: float = 30.0
+    """Timeout of the process group's collectives under ``torchrun`` (detectron2's 30 minutes;
+    PyTorch's NCCL default is 10): how long a rank may wait for the others, e.g. for rank 0's
+    COCOeval of a large validation set."""
     log_period: int = 20
     deterministic: bool = False
     progress: bool = True
@@ -122,6 +143,14 @@ class TrainConfig:
         _choice("train.scheme", self.train.scheme, SCHEMES)
         _choice("solver.optimizer", self.solver.optimizer, OPTIMIZERS)
         _choice("solver.amp", self.solver.amp, AMP_MODES)
+        _choice("data.vg_vocabulary", self.data.vg_vocabulary, VG_VOCABULARIES)
+        _choice("data.vg_multi_synset", self.data.vg_multi_synset, VG_MULTI_SYNSET)
+        if self.data.kind != "coco" and self.data.mask_classes != "all":
+            raise ConfigError(
+                f"data.mask_classes={self.data.mask_classes!r} cannot be used with "
+                f"data.kind={self.data.kind!r}: the mask classes (A) of a Visual Genome "
+                "vocabulary are its 80 COCO classes; leave data.mask_classes at 'all'"
+            )
         s = self.solver
         if s.batch_size < 1 or s.accumulate < 1 or s.max_iter < 1:
             raise ConfigError(
@@ -148,11 +177,66 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; allowed: {sorted(sections)}")
         return cls(
-            model=ModelConfig.from_dict(dict(data.get("model") or {})),
+            model=ModelConfig.from_dict(
+                checked_types(ModelConfig, "model", dict(data.get("model") or {}))
+            ),
             data=_section(DataConfig, "data", data.get("data") or {}),
             solver=_section(SolverConfig, "solver", data.get("solver") or {}),
             train=_section(TrainLoopConfig, "train", data.get("train") or {}),
         )
+
+
+FROM_SCRATCH = "none"
+"""``model.backbone_weights`` value that asks for a backbone trained from scratch on purpose."""
+
+# Backbones meant to start from ImageNet weights; ``tiny`` is built for from-scratch CPU work.
+_PRETRAINED_BACKBONES = ("resnet50", "resnet101", "resnet18", "mobilenet_v3")
+
+
+def check_backbone_weights(cfg: TrainConfig) -> None:
+    """Refuse a run whose backbone would silently train from scratch.
+
+    A ResNet (or MobileNet) backbone needs ``model.backbone_weights`` (a local ImageNet state
+    dict), unless ``train.init_checkpoint`` supplies the backbone (e.g. stage 2) or the config
+    says ``model.backbone_weights: none`` on purpose. The paper's numbers need an ImageNet
+    backbone; from scratch at 2 images per GPU, plain BN is a poor normaliser.
+    """
+    m, t = cfg.model, cfg.train
+    if m.backbone not in _PRETRAINED_BACKBONES or m.backbone_weights is not None:
+        return
+    if t.init_checkpoint and (not t.init_parts or "backbone" in t.init_parts):
+        return
+    raise ConfigError(
+        f"model.backbone_weights is not set: the {m.backbone} backbone would train from scratch. "
+        f"Name a local ImageNet state dict (--set model.backbone_weights=/path/{m.backbone}.pth), "
+        f"or train from scratch on purpose with --set model.backbone_weights={FROM_SCRATCH} "
+        "(on several GPUs, add --set model.norm=sync_bn)"
+    )
+
+
+# Settings a resumed run may change: they alter how a run reports, not what it trains.
+RESUME_FREE_KEYS = frozenset(
+    {"train.progress", "train.tensorboard", "train.log_period", "train.dist_timeout_minutes"}
+)
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(section.field, saved value, current value)`` for every field whose value differs
+    between two configs (as :meth:`TrainConfig.to_dict` writes them, each normalised through
+    :class:`TrainConfig` so that fields a newer version added count at their defaults), leaving
+    out :data:`RESUME_FREE_KEYS`. Sorted by key."""
+    a = TrainConfig.from_dict(saved).to_dict()
+    b = TrainConfig.from_dict(current).to_dict()
+    out = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            name = f"{section}.{key}"
+            if name not in RESUME_FREE_KEYS and sa.get(key) != sb.get(key):
+                out.append((name, sa.get(key), sb.get(key)))
+    return out
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +249,67 @@ def _section(cls: type, name: str, values: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"unknown field(s) {[f'{name}.{k}' for k in unknown]}; "
                           f"allowed: {sorted(f'{name}.{k}' for k in known)}")  # fmt: skip
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return cls(**checked_types(cls, name, values))
+
+
+def checked_types(cls: type, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for the fields of dataclass ``cls`` with their declared types checked.
+
+    An int is taken where a float is declared (as a float), a list where a tuple is declared
+    (as a tuple); anything else of the wrong type raises :class:`ConfigError` naming
+    ``section.field``, the value and the expected type (a string where a number is declared, a
+    float where an int is, a number where a bool is). Unknown keys are passed through.
+    """
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key in hints:
+            value = _typed(f"{section}.{key}", value, hints[key])
+        out[key] = value
+    return out
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        ok, converted = _convert(value, option)
+        if ok:
+            return converted
+    expected = " or ".join(_type_name(o) for o in options)
+    message = f"{name}={value!r}: expected {expected}, got {type(value).__name__}"
+    if str in options and isinstance(value, int | float):
+        message += f" (quote it to mean text: --set {name}='\"{value}\"')"
+    raise ConfigError(message)
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, list | tuple):
+        item = typing.get_args(hint)[0]
+        items = [_convert(v, item) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    return hint is type(None) and value is None, value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -150,8 +150,14 @@ def coco_evaluate(
     results: Sequence[Mapping[str, Any]],
     vocab: Vocabulary,
     iou_types: Sequence[str] = IOU_TYPES,
+    skip_classes_without_ground_truth: bool = False,
 ) -> Metrics:
     """Score COCO results against ground truth on all classes, on A and on B.
+
+    ``skip_classes_without_ground_truth``: leave out of every subset (and drop the detections
+    of) the classes whose ``source_id`` is not a category of the ground truth — a Visual Genome
+    model scored on COCO val, whose VG-only classes COCO does not label. Without it such a
+    class is an error.
 
     Returns ``{iou_type: {"all" | "A" | "B": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}}``
     with values in [0, 1]. A subset with no class gives None everywhere; a value pycocotools
@@ -164,10 +170,13 @@ def coco_evaluate(
     subsets = subset_category_ids(vocab)
     gt_cats = set(coco_gt.getCatIds())
     missing = [i for i in subsets["all"] if i not in gt_cats]
-    if missing:
+    if missing and not skip_classes_without_ground_truth:
         raise ValueError(
             f"vocabulary source_ids {missing[:5]} are not categories of the ground truth"
         )
+    if missing:
+        subsets = {k: [i for i in ids if i in gt_cats] for k, ids in subsets.items()}
+        results = [r for r in results if int(r["category_id"]) in gt_cats]
     gt_images = set(coco_gt.getImgIds())
     stray = sorted({int(r["image_id"]) for r in results} - gt_images)
     if stray:
@@ -217,22 +226,22 @@ def _load_results(
         return coco_gt.loadRes(dets)
 
 
-def evaluate(
+def predict_coco_results(
     model: Any,
     data_loader: Iterable[tuple[Sequence[Any], Sequence[Mapping[str, Any]]]],
-    coco_gt: COCO,
     vocab: Vocabulary,
     device: str = "cpu",
     progress: bool = True,
     mask_threshold: float = 0.5,
     iou_types: Sequence[str] = IOU_TYPES,
-) -> Metrics:
-    """Run a torchvision-style detection model over a loader and score it with pycocotools.
+) -> list[dict[str, Any]]:
+    """Run a torchvision-style detection model over a loader; return its COCO results.
 
     ``model(list_of_images)`` in eval mode must return one prediction dict per image
     (``boxes``, ``labels``, ``scores``, ``masks``; see :func:`predictions_to_coco_results`);
     the loader yields ``(images, targets)`` with ``images`` float ``[3, H, W]`` tensors and
-    targets carrying ``image_id``. The model's train/eval mode is restored afterwards.
+    targets carrying ``image_id``. Masks are encoded only when ``"segm"`` is in
+    ``iou_types``. The model's train/eval mode is restored afterwards.
     """
     import torch  # evaluation of a model needs torch; the pure functions above do not
 
@@ -257,7 +266,56 @@ def evaluate(
                 results += predictions_to_coco_results(predictions, vocab, mask_threshold)
     finally:
         model.train(was_training)
-    return coco_evaluate(coco_gt, results, vocab, iou_types)
+    return results
+
+
+def evaluate(
+    model: Any,
+    data_loader: Iterable[tuple[Sequence[Any], Sequence[Mapping[str, Any]]]],
+    coco_gt: COCO,
+    vocab: Vocabulary,
+    device: str = "cpu",
+    progress: bool = True,
+    mask_threshold: float = 0.5,
+    iou_types: Sequence[str] = IOU_TYPES,
+    results_path: str | os.PathLike[str] | None = None,
+    skip_classes_without_ground_truth: bool = False,
+) -> Metrics:
+    """Run a detection model over a loader and score it with pycocotools.
+
+    Under a process group every rank calls this with its own shard of the set (a loader built
+    with ``distributed=True, shuffle=False``): each rank predicts its shard, the COCO results
+    are gathered to rank 0, which alone runs COCOeval (and writes ``results_path``, the COCO
+    results file, when given); every rank returns rank 0's metrics. Without a group, one
+    process does it all. See :func:`predict_coco_results` for the model and loader contract,
+    :func:`coco_evaluate` for ``skip_classes_without_ground_truth``.
+    """
+    from training.distributed import broadcast_from_main, gather_to_main
+
+    results = predict_coco_results(
+        model, data_loader, vocab, device=device, progress=progress,
+        mask_threshold=mask_threshold, iou_types=iou_types,
+    )  # fmt: skip
+    shards = gather_to_main(results)
+    metrics: Metrics | None = None
+    if shards is not None:  # rank 0 (or the only process)
+        # Shards come in rank order, each in dataset order: the single-process order.
+        results = [r for shard in shards for r in shard]
+        if results_path is not None:
+            write_coco_results(results, results_path)
+        metrics = coco_evaluate(
+            coco_gt, results, vocab, iou_types, skip_classes_without_ground_truth
+        )
+    return broadcast_from_main(metrics)
+
+
+def write_coco_results(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write COCO results (``coco_instances_results.json``, what ``COCO.loadRes`` reads)
+    atomically."""
+    target = Path(path)
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(list(results), f)
+    return target
 
 
 def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

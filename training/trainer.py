@@ -12,8 +12,10 @@ CPU). Rank 0 writes checkpoints, logs and metrics. A run folder holds::
     curves.png             training curves
     tb/                    TensorBoard scalars
 
-A run resumes from ``checkpoints/last.pt`` when it exists (unless ``resume=False``); with
-deterministic settings a resumed run ends with the weights of an uninterrupted one.
+A run resumes from ``checkpoints/last.pt`` when it exists (unless ``resume=False``), and only
+when the folder's ``config.yaml`` equals the run's config (else ConfigError naming the fields);
+``resume=False`` moves a previous run to ``previous/<time>/``. With deterministic settings a
+resumed run ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from model import MaskXRCNN, build_model
+from model.config import ConfigError
 from training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -47,7 +50,12 @@ from training.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from training.config import TrainConfig
+from training.config import (
+    FROM_SCRATCH,
+    TrainConfig,
+    check_backbone_weights,
+    config_differences,
+)
 from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
 from training.datasets.flip import flip_batch, flip_map_for
@@ -136,6 +144,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.solver.lr, momentum=cfg.solver.momentum)
 
 
+def use_sync_batchnorm(
+    model: nn.Module, norm: str | None, world_size: int, device: torch.device
+) -> nn.Module:
+    """``norm="sync_bn"`` on several processes: the model with every BatchNorm layer turned into
+    ``SyncBatchNorm`` (same parameter and buffer tensors, so an optimizer built before still
+    holds them); otherwise ``model`` unchanged. A checkpoint's state dict is the same either way.
+
+    Raises ConfigError on the CPU: torch's SyncBatchNorm synchronises CUDA tensors only.
+    """
+    if norm != "sync_bn" or world_size <= 1:
+        return model
+    if device.type == "cpu":
+        raise ConfigError(
+            "model.norm=sync_bn needs GPU processes (torch's SyncBatchNorm does not run on the "
+            "CPU); use --set model.norm=bn for a multi-process CPU run"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 # ---------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainResult:
@@ -147,10 +174,15 @@ class TrainResult:
 def resolve_model_config(cfg: TrainConfig, num_classes: int) -> TrainConfig:
     """A copy of ``cfg`` whose model config is filled from the data (K) and has its defaults
     resolved, so that the checkpoint rebuilds the exact same modules without the backbone
-    weights file. ``cfg`` itself is left as it was."""
-    pretrained = cfg.model.backbone_weights is not None
+    weights file (``backbone_weights: none``, from scratch on purpose, becomes None). ``cfg``
+    itself is left as it was."""
+    weights = cfg.model.backbone_weights
+    if weights == FROM_SCRATCH:
+        weights = None
+    pretrained = weights is not None
     model_cfg = cfg.model.replace(
         num_classes=num_classes,
+        backbone_weights=weights,
         norm=cfg.model.norm or ("frozen_bn" if pretrained else "bn"),
         trainable_backbone_layers=(
             cfg.model.trainable_backbone_layers
@@ -185,7 +217,7 @@ class Trainer:
     """Owns a run: model, optimizer, data, step counter, and the hooks around ``step``.
 
     ``Trainer(cfg, out_dir)`` builds everything and resumes from ``out_dir/checkpoints/last.pt``
-    (unless ``resume=False``); ``step()`` is one optimisation step; ``save()`` writes a
+    (unless ``resume=False``; only with the folder's own config); ``step()`` is one optimisation step; ``save()`` writes a
     checkpoint; ``evaluate()`` runs pycocotools AP on the validation set; ``train()`` loops
     ``step`` until ``solver.max_iter`` and finishes with an evaluation and ``model_final.pt``.
     ``hooks=None`` installs :func:`default_hooks`; pass ``[]`` for a bare loop (benchmarks).
@@ -200,9 +232,7 @@ class Trainer:
         hooks: Sequence[HookBase] | None = None,
     ) -> None:
         self.out = Path(out_dir)
-        self.dist, self.device = init_distributed(cfg.train.device)
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.dist, self.device = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
         torch.manual_seed(cfg.train.seed + self.dist.rank)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -212,6 +242,7 @@ class Trainer:
         self.cfg = cfg = resolve_model_config(cfg, len(self.vocab))
         self.flip_map = flip_map_for(cfg.data.path(cfg.data.flip_map), self.vocab, log)
         self.model = build_model(cfg.model)
+        self._log_backbone_choice()
         if cfg.train.min_size_train:
             # torchvision picks a random short side from the tuple in training; eval uses the last.
             self.model.transform.min_size = (*cfg.train.min_size_train, cfg.model.min_size)
@@ -228,13 +259,27 @@ class Trainer:
         self.last_losses: dict[str, float] = {}
         self.metrics: dict[str, Any] = {}
         last = self.out / "checkpoints" / "last.pt"
-        if resume and last.is_file():
-            self._resume_from(last)
+        if resume:
+            self._check_same_run(last)
+            if last.is_file():
+                self._resume_from(last)
 
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
+            # After the weights are loaded: the conversion keeps them and the buffers.
+            self.model = self.ddp_model = use_sync_batchnorm(
+                self.model, cfg.model.norm, self.dist.world_size, self.device
+            )
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        # Each rank's sampler holds ceil(N / world) images; a step takes batch × accumulate.
+        per_rank = -(-len(self.train_set) // self.dist.world_size)
+        if per_rank < cfg.solver.batch_size * cfg.solver.accumulate:
+            raise ConfigError(
+                f"the training set ({len(self.train_set)} images) is smaller than one step's "
+                f"batch ({cfg.solver.batch_size} × {cfg.solver.accumulate} × "
+                f"{self.dist.world_size})"
             )
         self.loader = build_data_loader(
             self.train_set,
@@ -246,12 +291,6 @@ class Trainer:
             aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
         )
         self.batches_per_epoch = len(self.loader) // cfg.solver.accumulate
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"the training set ({len(self.train_set)} images) is smaller than one step's "
-                f"batch ({cfg.solver.batch_size} × {cfg.solver.accumulate} × "
-                f"{self.dist.world_size})"
-            )
         self._epoch: int | None = None
         self._batches: Iterator[Any] = iter(())
         self.stop_at = cfg.solver.max_iter
@@ -260,6 +299,11 @@ class Trainer:
         self.hooks: list[HookBase] = list(default_hooks(cfg) if hooks is None else hooks)
         for hook in self.hooks:
             hook.trainer = self
+        if self.dist.is_main:
+            # Only now: a run that cannot start (data, config) leaves no half-made folder.
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                _move_previous_run(self.out)
 
     # ------------------------------------------------------------------ the three verbs
     def step(self) -> dict[str, float]:
@@ -322,26 +366,33 @@ class Trainer:
             old.unlink(missing_ok=True)
 
     def evaluate(self) -> dict[str, Any]:
-        """pycocotools AP on A, B and all classes (rank 0; the others wait); writes
-        ``metrics.json`` and tells the hooks. Leaves the model in training mode."""
+        """pycocotools AP on A, B and all classes; writes ``metrics.json`` and tells the hooks.
+
+        Every rank runs inference on its shard of the validation set (no rank idles while
+        another predicts); rank 0 scores the gathered detections and every rank gets its
+        metrics. Every rank must call it. Leaves the model in training mode.
+        """
         metrics: dict[str, Any] = {}
-        if self.val_set is not None and self.dist.is_main:
+        if self.val_set is not None:
             from training.evaluation import evaluate, write_metrics_json
 
+            # Ranks predict with one model: BatchNorm statistics as in the checkpoint.
+            self._sync_buffers()
             loader = build_data_loader(
                 self.val_set, self.cfg.solver.batch_size, workers=self.cfg.data.workers,
-                shuffle=False,
+                shuffle=False, distributed=self.dist.enabled,
             )  # fmt: skip
             iou_types = ("bbox",) if self.cfg.train.scheme == "stage1" else ("bbox", "segm")
             metrics = evaluate(
                 self.model, loader, self.val_set.coco, self.vocab, device=str(self.device),
-                progress=self.cfg.train.progress, iou_types=iou_types,
+                progress=self.cfg.train.progress and self.dist.is_main, iou_types=iou_types,
+                # A VG model on COCO val: only its COCO classes have ground truth there.
+                skip_classes_without_ground_truth=self.cfg.data.kind != "coco",
             )  # fmt: skip
             metrics = {"step": self.iter, **metrics}
-            write_metrics_json(metrics, self.out / "metrics.json")
-            log.info("step %d: %s", self.iter, _summary(metrics))
-        if self.dist.enabled:
-            dist.barrier()
+            if self.dist.is_main:
+                write_metrics_json(metrics, self.out / "metrics.json")
+                log.info("step %d: %s", self.iter, _summary(metrics))
         self.model.train()
         _frozen_modules_to_eval(self.model, self.cfg.train.scheme)
         self.metrics = metrics
@@ -360,10 +411,11 @@ class Trainer:
             if max_steps_this_run is None
             else min(max_iter, self.iter + max_steps_this_run)
         )
-        if self.dist.is_main:
-            (self.out / "config.yaml").write_text(
-                yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-            )
+        config_file = self.out / "config.yaml"
+        # Written once per run: a resumed run's config equals it (checked at construction),
+        # and a fresh start moved the old one away, so it is never overwritten.
+        if self.dist.is_main and not config_file.exists():
+            config_file.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         try:
             for hook in self.hooks:
                 hook.before_train()
@@ -371,11 +423,7 @@ class Trainer:
                 self.step()
                 for hook in self.hooks:
                     hook.after_step()
-            if self.dist.enabled:
-                # DDP syncs buffers at the start of each forward; after the last one, BatchNorm
-                # statistics differ per rank. Make every rank hold what the checkpoint holds.
-                for buffer in self.model.buffers():
-                    dist.broadcast(buffer, 0)
+            self._sync_buffers()
             if self.iter >= max_iter:
                 self.evaluate()
             self.save(final=self.iter >= max_iter)
@@ -385,6 +433,32 @@ class Trainer:
         return TrainResult(model=self.model, metrics=self.metrics, step=self.iter)
 
     # ------------------------------------------------------------------------ helpers
+    def _check_same_run(self, last: Path) -> None:
+        """Continue a run only with its own config: raise ConfigError naming the fields that
+        differ between ``out/config.yaml`` (else the checkpoint's) and this command's."""
+        saved_file = self.out / "config.yaml"
+        if saved_file.is_file():
+            saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+            where = str(saved_file)
+        elif last.is_file():
+            saved, where = load_checkpoint(last).get("train_config") or {}, str(last)
+        else:
+            return
+        try:
+            diffs = config_differences(saved, self.cfg.to_dict())
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: cannot read the run's config to resume: {exc}") from exc
+        if not diffs:
+            return
+        shown = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, a, b in diffs[:8])
+        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        raise ConfigError(
+            f"{self.out} holds a run with another config ({where}): "
+            f"{', '.join(k for k, _, _ in diffs)} differ — {shown}{more}. To continue that run, "
+            "give its config again; for a new run, choose another --out, or pass --no-resume "
+            f"to start afresh in {self.out} (the old run is moved to {self.out}/previous/)"
+        )
+
     def _resume_from(self, last: Path) -> None:
         ckpt = load_checkpoint(last)
         self.model.load_state_dict(ckpt["model"])
@@ -397,6 +471,37 @@ class Trainer:
         set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
         if self.dist.is_main:
             log.info("resuming %s from step %d", self.out, self.iter)
+
+    def _log_backbone_choice(self) -> None:
+        m, world = self.cfg.model, self.dist.world_size
+        if not self.dist.is_main:
+            return
+        source = m.backbone_weights or (
+            f"train.init_checkpoint {self.cfg.train.init_checkpoint}"
+            if self.cfg.train.init_checkpoint
+            else "from scratch"
+        )
+        norm = m.norm
+        if norm == "sync_bn" and world == 1:
+            norm = "sync_bn (plain BN in one process)"
+        log.info(
+            "backbone %s: %s; norm %s; %d trainable stages; %d process(es) × %d images",
+            m.backbone, source, norm, m.trainable_backbone_layers, world,
+            self.cfg.solver.batch_size,
+        )  # fmt: skip
+        if m.norm == "bn" and world > 1 and m.backbone_weights is None:
+            log.warning(
+                "backbone from scratch with plain BN on %d processes: each BN layer normalises "
+                "over one process's %d images; --set model.norm=sync_bn normalises over all %d",
+                world, self.cfg.solver.batch_size, world * self.cfg.solver.batch_size,
+            )  # fmt: skip
+
+    def _sync_buffers(self) -> None:
+        # DDP syncs buffers at the start of each forward; after the last one, BatchNorm
+        # statistics differ per rank. Make every rank hold what the checkpoint holds.
+        if self.dist.enabled:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
 
     def _step_batches(self) -> Iterator[Any]:
         # Each epoch starts a fresh pass over the loader (skipping what a resumed run already
@@ -530,6 +635,27 @@ class TrainingLogger(HookBase):
                 plot_curves(self.writer.path, self.trainer.out / "curves.png")
 
 
+_RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.json", "curves.png", "tb")
+
+
+def _move_previous_run(out: Path) -> None:
+    # A fresh start in a used folder (--no-resume) keeps the old run whole in previous/<time>/:
+    # its config is never overwritten, its metrics.jsonl never appended to, and its step_*.pt
+    # files never mistaken for this run's by the pruning of old checkpoints.
+    present = [out / name for name in _RUN_FILES if (out / name).exists()]
+    if not present:
+        return
+    dest = out / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    suffix = 0
+    while dest.exists():
+        suffix += 1
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{suffix}")
+    dest.mkdir(parents=True)
+    for path in present:
+        path.rename(dest / path.name)
+    log.info("--no-resume: the previous run in %s was moved to %s", out, dest)
+
+
 def default_hooks(cfg: TrainConfig) -> list[HookBase]:
     """Logging, periodic checkpoints and periodic evaluation as ``cfg.train`` says."""
     return [
@@ -552,9 +678,11 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a run in ``out_dir`` with the default hooks (``maskx train``).
 
-    Returns the trained model (unwrapped, on its device), the last evaluation and the step
-    reached.
+    Refuses (:class:`~model.config.ConfigError`) a backbone that would silently train from
+    scratch (:func:`training.config.check_backbone_weights`). Returns the trained model
+    (unwrapped, on its device), the last evaluation and the step reached.
     """
+    check_backbone_weights(cfg)
     return Trainer(cfg, out_dir, resume=resume).train(max_steps_this_run)
 
 

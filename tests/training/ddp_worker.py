@@ -1,10 +1,13 @@
 """Entry point of the DDP test: ``torchrun … ddp_worker.py CONFIG OUT section.field=value…``.
 
-Trains with the Trainer, then every rank saves its own weights so the test can compare them.
+Trains with the Trainer, then every rank saves its own weights and the metrics it got so the
+tests can compare them.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -17,8 +20,11 @@ from training.trainer import train
 
 def main() -> None:
     config, out, *overrides = sys.argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")  # as maskx train
     result = train(load_config(config, overrides), Path(out))
-    torch.save(result.model.state_dict(), Path(out) / f"rank{dist.get_rank()}.pt")
+    rank = dist.get_rank()
+    torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pt")
+    (Path(out) / f"rank{rank}_metrics.json").write_text(json.dumps(result.metrics))
     dist.barrier()
     dist.destroy_process_group()
 

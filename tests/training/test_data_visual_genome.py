@@ -25,7 +25,11 @@ COCO = FIXTURES / "coco_tiny"
 
 
 def _vg(root: Path = VG, **kwargs) -> VisualGenomeDataset:
+    # These tests pin maskx's earlier rules (by_count vocabulary, first synset of several);
+    # test_data_vg_reference.py pins the reference's, which are the defaults.
     kwargs.setdefault("num_classes", 83)
+    kwargs.setdefault("vocabulary_rule", "by_count")
+    kwargs.setdefault("multi_synset", "first")
     return VisualGenomeDataset(root / "image_data.json", root / "objects.json", **kwargs)
 
 
@@ -39,11 +43,12 @@ def test_vocabulary_puts_coco_classes_first_then_frequent_synsets() -> None:
     assert v.mask_classes == (True,) * 80 + (False,) * 3
     # COCO classes keep their COCO ids (for scoring against COCO json), the others 1000 + label
     assert v.source_ids == (*(c.coco_id for c in coco_classes()), 1081, 1082, 1083)
-    assert build_vg_vocabulary(json.loads((VG / "objects.json").read_text()), 84).names[-1] == (
+    objects = json.loads((VG / "objects.json").read_text())
+    assert build_vg_vocabulary(objects, 84, rule="by_count").names[-1] == (
         "shirt.n.01"  # shirt and zucchini tie at 1; names break the tie
     )
     with pytest.raises(ValueError, match="at least 80 classes"):
-        build_vg_vocabulary([], 50)
+        build_vg_vocabulary([], 50, rule="by_count")
 
 
 def test_counts_labels_and_drops() -> None:

@@ -310,3 +310,20 @@ def test_metrics_table_shows_subsets_with_nothing_to_score_as_dashes() -> None:
     lines = table.splitlines()
     assert lines[1].split() == ["segm", "A", "0.286", "0.517", "0.289"]
     assert lines[2].split() == ["segm", "B", "-", "-", "-"]
+
+
+def test_classes_without_ground_truth_can_be_left_out(coco_gt: COCO) -> None:
+    # A Visual Genome vocabulary scored on COCO val: a fifth class (source id 1085) that the
+    # ground truth does not label, with a confident false detection on every image.
+    vocab = StandInVocab(
+        names=["disk", "ring", "star", "cross", "tree.n.01"],
+        mask_classes=[*MASK_CLASSES, False],
+        source_ids=[*SOURCE_IDS, 1085],
+    )
+    results = predictions_to_coco_results(_perfect_predictions(coco_gt), vocab)
+    results += [{**r, "category_id": 1085, "score": 1.0} for r in results if r["category_id"] == 17]
+    with pytest.raises(ValueError, match="source_ids \\[1085\\]"):
+        coco_evaluate(coco_gt, results, vocab)
+    metrics = coco_evaluate(coco_gt, results, vocab, skip_classes_without_ground_truth=True)
+    for subset in ("all", "A", "B"):
+        assert _ap(metrics, "segm", subset) == pytest.approx(1.0), subset

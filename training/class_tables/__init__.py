@@ -22,6 +22,9 @@ class CocoClass:
     name: str
     synset: str
     aliases: tuple[str, ...] = ()
+    reference: str = "by_name"
+    """How the Mask^X R-CNN reference maps the class to a synset: ``manual`` (its hand-written
+    table: ``synset``) or ``by_name`` (the most frequent top-K synset named like the class)."""
 
     @property
     def synsets(self) -> tuple[str, ...]:
@@ -35,7 +38,13 @@ def coco_classes() -> tuple[CocoClass, ...]:
     text = resources.files(__package__).joinpath("coco_vg_synsets.json").read_text("utf-8")
     rows = json.loads(text)["classes"]
     return tuple(
-        CocoClass(int(r["coco_id"]), r["name"], r["synset"], tuple(r.get("aliases", ())))
+        CocoClass(
+            int(r["coco_id"]),
+            r["name"],
+            r["synset"],
+            tuple(r.get("aliases", ())),
+            r.get("reference", "by_name"),
+        )
         for r in rows
     )
 

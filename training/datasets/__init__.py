@@ -7,6 +7,7 @@ from training.datasets.coco import CocoDataset, LoadStats
 from training.datasets.errors import DatasetError
 from training.datasets.loader import (
     GroupedBatchSampler,
+    InferenceSampler,
     build_data_loader,
     collate_fn,
     compute_aspect_ratios,
@@ -23,6 +24,7 @@ __all__ = [
     "CocoDataset",
     "DatasetError",
     "GroupedBatchSampler",
+    "InferenceSampler",
     "LoadStats",
     "MixedDataset",
     "VisualGenomeDataset",

@@ -88,6 +88,8 @@ def load_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: annotation file not found") from e
+    except OSError as e:  # a folder, no permission, an I/O error
+        raise DatasetError(f"{path}: cannot read the annotation file: {e.strerror or e}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: invalid or truncated JSON: {e}") from e
 

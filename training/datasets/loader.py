@@ -25,6 +25,7 @@ from torch.utils.data import (
 
 __all__ = [
     "GroupedBatchSampler",
+    "InferenceSampler",
     "build_data_loader",
     "collate_fn",
     "compute_aspect_ratios",
@@ -128,6 +129,28 @@ class GroupedBatchSampler(Sampler[list[int]]):
             self.sampler.set_epoch(epoch)
 
 
+class InferenceSampler(Sampler[int]):
+    """This rank's contiguous shard of ``range(size)`` for evaluation (detectron2's rule).
+
+    Unlike ``DistributedSampler``, no index is repeated to even out the shards (a repeated
+    image would count its detections twice in COCOeval); shard sizes differ by at most one,
+    and the shards concatenated in rank order are the dataset in its own order.
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        per, extra = divmod(size, num_replicas)
+        self.start = rank * per + min(rank, extra)
+        self.stop = self.start + per + (1 if rank < extra else 0)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
 def build_data_loader(
     dataset: Dataset,
     batch_size: int,
@@ -150,7 +173,8 @@ def build_data_loader(
     even in a single process, for its seeded per-epoch permutation); call :func:`set_epoch`
     at the start of every epoch. A training loader yields ``len(sampler) // batch_size``
     batches per epoch, equal on every rank; an evaluation loader (``shuffle=False``) keeps the
-    dataset order and the last partial batch.
+    dataset order and the last partial batch, and a distributed one gives each rank a
+    contiguous shard with no image repeated (:class:`InferenceSampler`).
 
     Args:
         dataset: a map-style dataset of ``(image, target)``.
@@ -165,8 +189,14 @@ def build_data_loader(
         group_k: aspect-ratio bins, see :func:`create_aspect_ratio_groups`.
         pin_memory: pin batches in page-locked memory (for CUDA training).
     """
-    if distributed:
-        sampler: Sampler[int] = DistributedSampler(
+    if distributed and not shuffle:
+        if num_replicas is None or rank is None:
+            import torch.distributed as dist
+
+            num_replicas, rank = dist.get_world_size(), dist.get_rank()
+        sampler: Sampler[int] = InferenceSampler(len(dataset), num_replicas, rank)  # type: ignore[arg-type]
+    elif distributed:
+        sampler = DistributedSampler(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
             drop_last=False,
         )  # fmt: skip

@@ -1,10 +1,15 @@
 """Visual Genome boxes: ``image_data.json`` + ``objects.json`` + image folders.
 
-The vocabulary follows the Mask^X R-CNN reference: the most frequent synsets (3000 by default),
-with the 80 COCO classes first, in COCO category order, so that their weights can be sliced out
-and their masks come from COCO (they are the mask set A); the other classes (B) follow, most
-frequent first. COCO classes are named by their COCO name ("dining table"), the others by their
-synset ("tree.n.01"). Visual Genome items carry boxes only (``has_mask`` all False).
+The vocabulary follows the Mask^X R-CNN reference (``ronghanghu/seg_every_thing``,
+``lib/datasets/bbox2mask_dataset_processing/vg/step_1_build_vg3k_raw_json.py`` and
+``step_2_build_vg3k_cocoaligned_json.py``): the K most frequent synsets (3000 by default); the 80
+COCO classes first, in COCO category order, so that their weights can be sliced out and their
+masks come from COCO (they are the mask set A); the other top-K synsets (B) after them, sorted by
+synset name. A COCO class whose synset is not among the top K is still a class (with no Visual
+Genome box), so the reference's vocabulary has 3001 classes for K = 3000. COCO classes are named
+by their COCO name ("dining table"), the others by their synset ("tree.n.01"). Visual Genome
+items carry boxes only (``has_mask`` all False). The rule maskx used before (``by_count``: COCO
+classes and their alias synsets, then the others most frequent first) stays available.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ from training.datasets.errors import DatasetError
 from training.datasets.vocab import ClassVocabulary
 
 __all__ = [
+    "MULTI_SYNSET_RULES",
     "VG_IMAGE_FOLDERS",
     "VG_SOURCE_ID_OFFSET",
+    "VOCABULARY_RULES",
+    "VgClasses",
     "VisualGenomeDataset",
     "VisualGenomeStats",
     "build_vg_vocabulary",
     "synset_labels",
+    "vg_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +51,11 @@ VG_IMAGE_FOLDERS = ("VG_100K", "VG_100K_2")
 #: ``source_ids`` of the non-COCO classes of a Visual Genome vocabulary are this + model label.
 VG_SOURCE_ID_OFFSET = 1000
 _MIN_BOX_SIZE = 1.0
+#: ``reference``: the authors' rule (module docstring); ``by_count``: maskx's earlier rule.
+VOCABULARY_RULES = ("reference", "by_count")
+#: ``drop`` an object with several synsets (the reference: ``step_1_build_vg3k_raw_json.py``
+#: skips ``len(synsets) > 1``), or label it by its ``first`` synset.
+MULTI_SYNSET_RULES = ("drop", "first")
 
 
 def _object_synsets(objects_data: Sequence[Mapping[str, Any]]) -> Iterable[str]:
@@ -50,22 +64,103 @@ def _object_synsets(objects_data: Sequence[Mapping[str, Any]]) -> Iterable[str]:
             yield from obj.get("synsets", ())
 
 
-def build_vg_vocabulary(
-    objects_data: Sequence[Mapping[str, Any]], num_classes: int = 3000
-) -> ClassVocabulary:
-    """The Visual Genome class vocabulary of ``num_classes`` classes.
+@dataclass(frozen=True)
+class VgClasses:
+    """A Visual Genome vocabulary and how objects are labelled with it.
 
-    The 80 COCO classes come first (COCO order, ``mask_classes`` True, named by their COCO name)
-    whatever their Visual Genome frequency, then the ``num_classes - 80`` most frequent other
-    synsets (ties broken by name), which form B. Frequencies count every synset of every object,
-    as the reference does. ``source_ids``: the COCO category id for the COCO classes, so that
-    predictions are scored against COCO annotations with the right ids; ``1000 + label`` for the
-    others (Visual Genome has no category ids; this keeps clear of COCO's 1..90).
+    ``label_of``: synset → model label (1..K) for every synset whose objects are kept;
+    ``outside_top_k``: COCO class names whose synset is not among the top K (classes with no
+    Visual Genome box under the reference rule).
+    """
+
+    vocab: ClassVocabulary
+    label_of: dict[str, int]
+    outside_top_k: tuple[str, ...] = ()
+
+
+def _lemma_name(synset: str) -> str:
+    # The reference's cleaning: "traffic_light.n.01" -> "traffic light".
+    return synset.rsplit(".", 2)[0].replace("_", " ")
+
+
+def _source_ids(num_coco: int, num_classes: int) -> tuple[int, ...]:
+    coco = coco_classes()
+    return (
+        *(c.coco_id for c in coco[:num_coco]),
+        *(VG_SOURCE_ID_OFFSET + label for label in range(num_coco + 1, num_classes + 1)),
+    )
+
+
+def vg_classes(
+    objects_data: Sequence[Mapping[str, Any]], num_classes: int = 3000, rule: str = "reference"
+) -> VgClasses:
+    """The Visual Genome vocabulary of ``objects.json`` and its synset → label table.
+
+    ``rule="reference"`` (the authors'): count every synset of every object (objects with
+    several synsets count each), keep the ``num_classes`` most frequent (``Counter.most_common``:
+    ties in first-seen order); map each COCO class to a synset — a ``manual`` class of the table
+    to its synset, a ``by_name`` class to the most frequent kept synset named like it (else the
+    table's); the 80 COCO classes first in COCO order, then the kept synsets that are not a COCO
+    class's, sorted by name. Only kept synsets label objects: a COCO class whose synset is not
+    kept has no Visual Genome box (its masks and boxes come from COCO), and makes the vocabulary
+    one class longer than ``num_classes`` minus the COCO classes kept.
+
+    ``rule="by_count"`` (maskx's earlier rule): the 80 COCO classes first (their synset and
+    aliases label them), then the ``num_classes - 80`` most frequent other synsets (ties by
+    name).
+
+    ``source_ids``: the COCO category id for the COCO classes, so that predictions are scored
+    against COCO annotations with the right ids; ``1000 + label`` for the others (Visual Genome
+    has no category ids; this keeps clear of COCO's 1..90).
+    """
+    if rule not in VOCABULARY_RULES:
+        raise ValueError(f"vocabulary rule must be one of {list(VOCABULARY_RULES)}, got {rule!r}")
+    coco = coco_classes()
+    if rule == "by_count":
+        vocab = _by_count_vocabulary(objects_data, num_classes)
+        return VgClasses(vocab, synset_labels(vocab))
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    counts = Counter(_object_synsets(objects_data))
+    top = [synset for synset, _ in counts.most_common(num_classes)]
+    by_name: dict[str, str] = {}
+    for synset in top:  # most frequent first: it wins a shared name, as in the reference
+        by_name.setdefault(_lemma_name(synset), synset)
+    coco_synsets = [
+        c.synset if c.reference == "manual" else by_name.get(c.name, c.synset) for c in coco
+    ]
+    others = sorted(set(top) - set(coco_synsets))
+    names = [c.name for c in coco] + others
+    kept = set(top)
+    label_of = {s: i + 1 for i, s in enumerate(coco_synsets) if s in kept}
+    label_of.update({s: len(coco) + i + 1 for i, s in enumerate(others)})
+    outside = tuple(c.name for c, s in zip(coco, coco_synsets, strict=True) if s not in kept)
+    vocab = ClassVocabulary(
+        tuple(names),
+        (True,) * len(coco) + (False,) * len(others),
+        _source_ids(len(coco), len(names)),
+    )
+    return VgClasses(vocab, label_of, outside)
+
+
+def build_vg_vocabulary(
+    objects_data: Sequence[Mapping[str, Any]], num_classes: int = 3000, rule: str = "reference"
+) -> ClassVocabulary:
+    """The Visual Genome class vocabulary of ``objects.json`` (see :func:`vg_classes`).
 
     Args:
         objects_data: the parsed ``objects.json`` (a list of ``{"image_id", "objects": [...]}``).
-        num_classes: K, at least 80.
+        num_classes: K, the synsets kept by count (``reference``: the vocabulary has K classes
+            plus one per COCO class whose synset is not among them); the vocabulary's size
+            (``by_count``, at least 80).
+        rule: ``reference`` (the authors') or ``by_count`` (maskx's earlier rule).
     """
+    return vg_classes(objects_data, num_classes, rule).vocab
+
+
+def _by_count_vocabulary(
+    objects_data: Sequence[Mapping[str, Any]], num_classes: int
+) -> ClassVocabulary:
     coco = coco_classes()
     if num_classes < len(coco):
         raise ValueError(
@@ -78,10 +173,7 @@ def build_vg_vocabulary(
     others = [s for s, _ in ranked[: num_classes - len(coco)]]
     names = [c.name for c in coco] + others
     flags = [True] * len(coco) + [False] * len(others)
-    ids = [c.coco_id for c in coco] + [
-        VG_SOURCE_ID_OFFSET + label for label in range(len(coco) + 1, len(names) + 1)
-    ]
-    return ClassVocabulary(tuple(names), tuple(flags), tuple(ids))
+    return ClassVocabulary(tuple(names), tuple(flags), _source_ids(len(coco), len(names)))
 
 
 def synset_labels(vocab: ClassVocabulary) -> dict[str, int]:
@@ -131,11 +223,12 @@ class VisualGenomeDataset(DetectionDataset):
     (1..K), ``has_mask`` bool ``[G]`` (all False: no masks, so no ``masks`` key), ``image_id``
     (the Visual Genome image id), ``iscrowd`` int64 zeros and ``area`` float32 (box areas).
 
-    An object is labelled by its first synset (``multi_synset="first"``), or left out when it
-    has several (``"drop"``, the reference's choice). Objects without synsets, with a synset
-    outside the vocabulary, or with a box of at most 1 px in width or height after clipping are
-    dropped and counted; a summary naming the file and the first object ids is logged, and each
-    dropped object id at debug level.
+    An object with several synsets is left out (``multi_synset="drop"``, the reference's choice:
+    ``step_1_build_vg3k_raw_json.py`` skips ``len(synsets) > 1``), or labelled by its first
+    synset (``"first"``). Objects without synsets, with a synset outside the vocabulary, or
+    with a box of at most 1 px in width or height after clipping are dropped and counted; a
+    summary naming the file and the first object ids is logged, and each dropped object id at
+    debug level.
 
     Args:
         image_data_file: ``image_data.json`` (``image_id``, ``url``, ``width``, ``height``,
@@ -144,9 +237,10 @@ class VisualGenomeDataset(DetectionDataset):
         image_root: folder holding ``VG_100K/`` and ``VG_100K_2/``; default: the folder of
             ``image_data_file``. An image is found through the last two parts of its ``url``,
             else as ``<image_id>.jpg`` in either folder.
-        vocab: vocabulary to label with; default: :func:`build_vg_vocabulary` of this
-            ``objects.json`` with ``num_classes`` classes.
+        vocab: vocabulary to label with; default: :func:`vg_classes` of this
+            ``objects.json`` with ``num_classes`` and ``vocabulary_rule``.
         num_classes: K when the vocabulary is built here (default 3000).
+        vocabulary_rule: ``reference`` (the authors', default) or ``by_count``.
         exclude_image_ids: Visual Genome image ids to hold out.
         exclude_coco_ids: COCO image ids whose Visual Genome images to hold out (the
             ``coco_id`` field), e.g. those of COCO val.
@@ -166,13 +260,16 @@ class VisualGenomeDataset(DetectionDataset):
         num_classes: int = 3000,
         exclude_image_ids: Iterable[int] = (),
         exclude_coco_ids: Iterable[int] = (),
-        multi_synset: Literal["first", "drop"] = "first",
+        multi_synset: Literal["drop", "first"] = "drop",
+        vocabulary_rule: str = "reference",
         drop_empty: bool = True,
         hflip_prob: float = 0.0,
         check_files: bool = True,
     ) -> None:
-        if multi_synset not in ("first", "drop"):
-            raise ValueError(f"multi_synset must be 'first' or 'drop', got {multi_synset!r}")
+        if multi_synset not in MULTI_SYNSET_RULES:
+            raise ValueError(
+                f"multi_synset must be one of {list(MULTI_SYNSET_RULES)}, got {multi_synset!r}"
+            )
         super().__init__(hflip_prob=hflip_prob)
         self.image_data_file = Path(image_data_file)
         self.objects_file = Path(objects_file)
@@ -183,10 +280,14 @@ class VisualGenomeDataset(DetectionDataset):
         objects_data = load_json(self.objects_file)
         if not isinstance(objects_data, list):
             raise DatasetError(f"{self.objects_file}: top level must be a list of images")
-        self.vocab = vocab if vocab is not None else build_vg_vocabulary(objects_data, num_classes)
+        classes = vg_classes(objects_data, num_classes, vocabulary_rule)
+        if vocab is None or vocab.names == classes.vocab.names:
+            self.vocab, label_of = classes.vocab, classes.label_of
+            self.outside_top_k = classes.outside_top_k
+        else:  # a vocabulary from elsewhere: label through the table's synsets and aliases
+            self.vocab, label_of, self.outside_top_k = vocab, synset_labels(vocab), ()
         held_out = set(exclude_image_ids)
         coco_held_out = set(exclude_coco_ids)
-        label_of = synset_labels(self.vocab)
 
         records = []
         for entry in objects_data:
@@ -325,6 +426,14 @@ class VisualGenomeDataset(DetectionDataset):
                 logger.warning(
                     "%s: dropped %d %s: object ids %s", f, len(ids), why, summarise_ids(ids)
                 )
+        if self.outside_top_k:
+            logger.info(
+                "%s: COCO class(es) %s: synset not among the %d most frequent; a class with no "
+                "Visual Genome box (as in the reference)",
+                f,
+                list(self.outside_top_k),
+                self.vocab.num_classes - len(self.outside_top_k),
+            )
         if s.held_out_image_ids:
             logger.info(
                 "%s: held out %d images: image ids %s",
