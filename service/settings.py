@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         40_000_000, ge=1, description="Width x height limit checked before decoding; over -> 413."
     )
+    max_jpeg_scans: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Most scans a JPEG may have, counted from its markers before decoding; "
+        "over -> 413 image_too_complex. libjpeg walks every block once per scan, so a small "
+        "progressive file with thousands of scans would hold a thread for seconds.",
+    )
+    max_mask_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="Most pixels that the masks of one response may cover together (each "
+        "mask's box clipped to the image), checked before any is pasted; over -> 422 "
+        "mask_area_too_large. Bounds post-processing time and response size.",
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default score_threshold.")
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default mask_threshold.")
     max_detections: int = Field(100, ge=1, le=1000, description="Default max_detections.")
@@ -82,8 +97,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="When set, /segment needs 'Authorization: Bearer <key>'."
     )
-    worker_threads: int = Field(
-        2, ge=1, le=256, description="Thread pool for decode and post-processing."
+    worker_threads: int = Field(2, ge=1, le=256, description="Thread pool for decoding images.")
+    postprocess_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Thread pool for mask pasting and RLE (apart from decoding, so that "
+        "expensive decodes cannot hold up finished inferences, nor the reverse).",
     )
     intra_op_threads: int = Field(
         0,
