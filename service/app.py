@@ -435,7 +435,9 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         ``format=coco`` answers the list that pycocotools' ``COCO.loadRes`` reads.
         """
         deadline = time.monotonic() + settings.request_timeout_s
-        with worker.admission.admit():  # before reading a body we might not use
+        # Refusals that need no body come first; the slot is taken only once the body is here,
+        # so clients trickling bodies hold no slot (their uploads are bounded per client).
+        with worker.admission.accept():
             params = request_params(
                 settings,
                 worker.info,
@@ -445,8 +447,11 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 classes=classes,
                 masks=masks,
             )
-            data = await image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
-            result = await worker.segment(data, params, deadline, request.is_disconnected)
+            client = request.client.host if request.client is not None else None
+            with worker.admission.uploading(client):
+                data = await image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+            with worker.admission.admit():
+                result = await worker.segment(data, params, deadline, request.is_disconnected)
         if format == "coco":
             return json_response(result.to_coco(image_id))
         return json_response(result.to_json(worker.info))

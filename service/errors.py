@@ -27,6 +27,7 @@ ERROR_CODES: dict[str, int] = {
     "mask_area_too_large": 422,
     "queue_full": 429,
     "server_busy": 429,
+    "client_busy": 429,
     # nginx's convention: the client closed the connection before the answer. It never reaches
     # that client; it keeps such requests apart from server errors in logs and metrics.
     "client_closed_request": 499,

@@ -68,8 +68,33 @@ class Settings(BaseSettings):
         32,
         ge=1,
         le=100_000,
-        description="Most /segment requests admitted at once (reading a body, decoding, "
-        "queued or running); beyond -> 429 server_busy. Bounds memory: each may hold a body.",
+        description="Most /segment requests admitted at once (decoding, queued, running or "
+        "post-processing; admitted once their body is read, so slow uploads cannot hold these "
+        "slots); beyond -> 429 server_busy.",
+    )
+    max_uploads_per_client: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Most /segment bodies read at once from one client address; beyond -> 429 "
+        "client_busy (one client trickling bodies cannot take every connection). 0: no "
+        "per-client limit (behind a proxy that does not pass the client's address, see "
+        "deploy/README.md).",
+    )
+    limit_concurrency: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Most connections and tasks uvicorn serves at once; beyond, it answers 503 "
+        "at once. Bounds the bodies held in memory while they are read (times "
+        "MASKX_MAX_BODY_BYTES).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=3600.0,
+        description="Longest time a connection may take to send a request's headers (from "
+        "connecting, or from the end of its last response); then it is closed.",
     )
     max_pixels: int = Field(
         40_000_000, ge=1, description="Width x height limit checked before decoding; over -> 413."
@@ -175,6 +200,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MASKX_MAX_IN_FLIGHT={self.max_in_flight} is smaller than "
                 f"MASKX_MAX_BATCH_SIZE={self.max_batch_size}: a batch could never fill"
+            )
+        if self.limit_concurrency <= self.max_in_flight:
+            raise ValueError(
+                f"MASKX_LIMIT_CONCURRENCY={self.limit_concurrency} is not above "
+                f"MASKX_MAX_IN_FLIGHT={self.max_in_flight}: uploads, probes and scrapes "
+                "would find no connection left while every admitted request runs"
             )
         return self
 

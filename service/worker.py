@@ -1,6 +1,6 @@
 """The serving worker that the app's lifespan owns: admission + pipeline + batcher + metrics.
 
-Request path: admission (before the body is read) → decode in the decode pool → batch queue →
+Request path: body read (bounded per client) → admission → decode in the decode pool → batch queue →
 one runtime call per batch (inference thread) → paste + RLE in the post-processing pool; the
 request's deadline is checked before each stage and between groups of masks. The event loop only
 moves bytes and futures. Each piece of state has one owner: :class:`~service.admission.Admission`
@@ -65,6 +65,7 @@ class Worker:
             metrics,
             ready=lambda: self.batcher.ready,
             not_ready_reason=lambda: self.batcher.warmup_error,
+            max_uploads_per_client=settings.max_uploads_per_client,
         )
         metrics.consecutive_failures.set_function(lambda: self.batcher.consecutive_failures)
         metrics.healthy.set_function(lambda: float(self.healthy))
@@ -159,7 +160,7 @@ class Worker:
     ) -> SegmentResult:
         """Segment one image; ``deadline`` is a ``time.monotonic()`` value.
 
-        The caller admits the request (:meth:`Admission.admit`) before reading its body. No CPU
+        The caller admits the request (:meth:`Admission.admit`) once its body is read. No CPU
         is spent on a request that cannot be answered: decoding is skipped once the deadline
         has passed (504), post-processing once ``client_gone()`` says the client left (499);
         both count in ``maskx_skipped_requests_total``.
