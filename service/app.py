@@ -2,7 +2,9 @@
 
 Routes: ``POST /segment``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
 ``GET /v1/model``, OpenAPI at ``/docs`` (Swagger UI served from the package: works offline);
-``GET /`` and ``/static`` serve the demo page when ``service/static/`` exists. Every error is JSON
+``GET /`` and ``/static`` serve the demo page when ``service/static/`` exists. With
+``MASKX_API_KEY`` set, every route but ``/healthz`` and ``/readyz`` needs it
+(:class:`ApiKeyMiddleware`). Every error is JSON
 ``{"error": {"code", "message", "request_id"}}``; every response carries ``X-Request-ID``.
 """
 
@@ -138,6 +140,47 @@ class RequestMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+
+# Routes anyone may call when MASKX_API_KEY is set: the probes that kubelets and load balancers
+# call without credentials. They say only "alive" and "ready", nothing about the model.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ApiKeyMiddleware:
+    """With ``MASKX_API_KEY`` set, every request but the probes (:data:`PUBLIC_PATHS`) needs
+    ``Authorization: Bearer <key>``: ``/segment``, ``/v1/model``, ``/metrics``, ``/docs``,
+    ``/openapi.json``, the demo page, and any path that does not exist (401 before 404, so
+    the key cannot be skipped by probing for routes). One guard, in front of every route, so a
+    route added later is covered too. CORS preflights are answered before it (browsers send
+    them without credentials)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        error = ServiceError(
+            "unauthorized",
+            "missing or wrong API key: send 'Authorization: Bearer <MASKX_API_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        rid = scope.get("state", {}).get("request_id")
+        response = json_response(error.body(rid), error.status, error.headers)
+        await response(scope, receive, send)
 
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
@@ -299,6 +342,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.worker = None
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -117,10 +117,16 @@ class Settings(BaseSettings):
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default score_threshold.")
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default mask_threshold.")
     max_detections: int = Field(100, ge=1, le=1000, description="Default max_detections.")
-    host: str = Field("0.0.0.0", description="Bind address.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Bind address. Loopback by default: a worker started by hand is not "
+        "reachable from the network until asked (the images set 0.0.0.0 inside the container).",
+    )
     port: int = Field(8000, ge=0, le=65535, description="Bind port (0 picks a free one).")
     api_key: SecretStr | None = Field(
-        None, description="When set, /segment needs 'Authorization: Bearer <key>'."
+        None,
+        description="When set, every route but /healthz and /readyz (/segment, /v1/model, "
+        "/metrics, /docs, /openapi.json, the demo page) needs 'Authorization: Bearer <key>'.",
     )
     worker_threads: int = Field(2, ge=1, le=256, description="Thread pool for decoding images.")
     postprocess_threads: int = Field(
