@@ -53,6 +53,33 @@ STATIC_DIR = Path(__file__).with_name("static")
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff")
 # A client's X-Request-ID is kept when it is short and plain (it lands in logs and headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# The demo page loads only its own script and style; images come from files the user picks
+# (blob:) and samples; it may not be framed (clickjacking). /docs keeps Swagger UI's inline
+# script, so its pages get only the framing rule.
+PAGE_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]  # fmt: skip
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+# Echoed input is cut to this many characters in error messages.
+ECHO_CHARS = 200
+
+
+def log_safe(text: str) -> str:
+    """``text`` with every character outside printable ASCII escaped (``\\r``, ``\\x1b``,
+    ``\\u2028``): a percent-decoded ``%0d%0a`` in a path cannot forge a line of the text log."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def clip_echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long it was."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def docs_assets_dir() -> Path | None:
@@ -109,7 +136,14 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                headers = [*message.get("headers", ()), rid_header, *SECURITY_HEADERS]
+                is_html = any(k.lower() == b"content-type" and v.startswith(b"text/html")
+                              for k, v in headers)  # fmt: skip
+                if is_html:
+                    page = scope["path"] == "/" or scope["path"].startswith("/static/")
+                    csp = PAGE_CSP if page else b"frame-ancestors 'none'"
+                    headers.append((b"content-security-policy", csp))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -126,8 +160,8 @@ class RequestMiddleware:
                 client = scope.get("client")
                 access_log.info(
                     "%s %s %d %.1f ms",
-                    scope["method"],
-                    scope["path"],
+                    log_safe(scope["method"]),
+                    log_safe(scope["path"]),
                     status,
                     elapsed * 1000,
                     extra={
@@ -398,8 +432,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
-            + (f" (got {err['input']!r})" if "input" in err else "")
-            for err in exc.errors()
+            + (f" (got {clip_echo(err['input'])})" if "input" in err else "")
+            for err in exc.errors()[:10]  # an echo of bounded size, whatever was sent
         )
         return error_response(
             ServiceError("invalid_parameter", problems or "invalid request"), request
@@ -471,7 +505,12 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             Query(description="maskx: the response below; coco: a COCO results list."),
         ] = "maskx",
         image_id: Annotated[
-            int, Query(ge=0, description="image_id of every entry with format=coco.")
+            int,
+            Query(
+                ge=0,
+                le=2**63 - 1,  # COCO tools read it as int64; checked before any work is done
+                description="image_id of every entry with format=coco.",
+            ),
         ] = 0,
     ) -> Response:
         """Body: multipart field ``image`` or raw bytes with an ``image/*`` Content-Type.

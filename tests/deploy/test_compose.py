@@ -305,3 +305,19 @@ def test_grafana_provisioning_is_consistent() -> None:
     assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_services_are_hardened(cpu_model: dict[str, Any]) -> None:
+    """No capabilities, no privilege gain, a process bound; the worker and Prometheus cannot
+    write their own image."""
+    services = cpu_model["services"]
+    for name in ("segmenter", "prometheus", "prometheus-key", "grafana"):
+        service = services[name]
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert 0 < int(service["pids_limit"]) <= 4096, name
+    for name in ("segmenter", "prometheus"):
+        assert services[name]["read_only"] is True, name
+    assert "/tmp" in services["segmenter"]["tmpfs"]
+    for name in ("grafana-password", "model-builder"):
+        assert "no-new-privileges:true" in services[name]["security_opt"], name
