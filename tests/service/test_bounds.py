@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import postprocess
 from service.app import create_app
 from service.contract import ModelMetadata
 from service.errors import ServiceError
@@ -209,9 +210,9 @@ def test_mask_area_over_the_cap_is_refused_before_any_paste() -> None:
 
 
 @pytest.mark.parametrize("paste", [paste_masks_box_local, paste_masks_detectron])
-def test_groups_and_bands_change_no_mask(paste) -> None:
-    """Pasting a group at a time (and large masks in bands) gives the strings of pasting
-    every mask at once."""
+def test_groups_and_bands_change_no_mask(paste, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pasting a group at a time, and large masks in bands of rows, gives the strings of
+    pasting every mask at once, each in one piece."""
     h, w = 1500, 1200  # windows over the band size, so bands are used
     rng = np.random.default_rng(3)
     n = 7
@@ -221,8 +222,9 @@ def test_groups_and_bands_change_no_mask(paste) -> None:
     int_boxes = expand_boxes_for_paste(boxes, 28)
     probs = np.resize(mask_probabilities(), (n, 28, 28)).astype(np.float32)
     probs += rng.uniform(0, 0.2, probs.shape).astype(np.float32)
-    whole = encode_regions(paste(probs, int_boxes, h, w, 0.5), h, w)
     grouped = encode_masks(probs, int_boxes, h, w, 0.5, paste, group_pixels=200_000)
+    monkeypatch.setattr(postprocess, "_PASTE_BAND_PIXELS", 1 << 40)  # no bands
+    whole = encode_regions(paste(probs, int_boxes, h, w, 0.5), h, w)
     assert grouped == whole
     assert window_areas(int_boxes, h, w).max() > 1 << 20  # a banded mask is among them
 
