@@ -12,10 +12,12 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -326,3 +328,97 @@ def test_converting_a_large_png_costs_about_the_decoded_image(kind: str, rule: s
     growth = json.loads(out.stdout)["growth"]
     print(f"{kind} {rule}: {growth / 1e6:.0f} MB")
     assert growth < 13 * h * w, f"{kind} {rule}: {growth / 1e6:.0f} MB for {h * w / 1e6:.0f} MP"
+
+
+# ---------------------------------------------------------------------------- end to end (RSS)
+
+_SERVER_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from service.app import create_app
+    from service.cli import make_server
+    from service.runtime import RawDetections
+    from service.settings import Settings
+    from service.testing import mask_probabilities
+    from tests.service.helpers import FakeRuntime
+
+    class EveryDetection(FakeRuntime):
+        # n detections whose boxes cover the whole input: score_threshold=0 on a crowded scene
+        def run(self, images, image_sizes):
+            self.calls.append(len(images))
+            n, (h, w) = int(sys.argv[2]), image_sizes[0].tolist()
+            return RawDetections(
+                boxes=np.tile(np.array([[0, 0, w, h]], np.float32), (n, 1)),
+                scores=np.linspace(0.9, 0.01, n, dtype=np.float32),
+                labels=np.ones(n, dtype=np.int64),
+                batch_index=np.zeros(n, dtype=np.int64),
+                mask_probs=np.resize(mask_probabilities(), (n, 28, 28)).astype(np.float32),
+            )
+
+    settings = Settings(host="127.0.0.1", port=int(sys.argv[1]), warmup=False,
+                        log_level="warning", max_batch_delay_ms=1)
+    make_server(create_app(settings, runtime=EveryDetection()), settings).run()
+    """
+)
+
+
+def _status_bytes(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [4, 1000])
+def test_a_40_mp_request_with_every_detection_over_http(n: int) -> None:
+    """A real worker process, a 40-MP PNG and detections whose boxes all cover the image.
+    4 of them (160 M mask pixels, under MASKX_MAX_MASK_PIXELS): answered, with peak RSS growth
+    under 3x the decoded RGB image (360 MB; measured +172 MB and 1.9 s, most of it decoding
+    the PNG); before, the paste alone held ~6 bytes x 4 x 40 MP (~1 GB). 1000 of them (40 G
+    pixels): 422 naming the limit, with no paste (measured the same +172 MB, 0.6 s)."""
+    h, w = 5000, 8000
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 90, 60)).save(buf, "PNG", compress_level=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER_CHILD, str(port), str(n)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        until = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < until and proc.poll() is None, "the worker did not start"
+            time.sleep(0.1)
+        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+            f.write("5")  # peak RSS := current RSS
+        before = _status_bytes(proc.pid, "VmRSS:")
+        t = time.perf_counter()
+        r = httpx.post(
+            url + "/segment?score_threshold=0&max_detections=1000",
+            content=buf.getvalue(),
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
+        took = time.perf_counter() - t
+        growth = _status_bytes(proc.pid, "VmHWM:") - before
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    print(f"n={n}: {r.status_code}, +{growth / 1e6:.0f} MB, {took:.1f} s")
+    decoded = 3 * h * w
+    if n == 4:
+        assert r.status_code == 200, r.text
+        assert len(r.json()["detections"]) == 4
+        assert growth < 3 * decoded
+    else:
+        assert r.status_code == 422 and r.json()["error"]["code"] == "mask_area_too_large"
+        assert "MASKX_MAX_MASK_PIXELS" in r.json()["error"]["message"]
+        assert growth < 3 * decoded
+        assert r.json()["error"]["message"].startswith("the 1000 masks")
