@@ -5,9 +5,11 @@ Work is bounded before it is spent: the pixel count comes from the header and is
 every block of the image once per scan, so a small progressive file with thousands of scans
 costs seconds: libjpeg-turbo's own answer is a scan limit, ``djpeg -maxscans``). Large JPEGs
 are decoded in draft mode at the smallest power-of-two reduction that still covers the model's
-input size (``floor`` rule only: Detectron decodes at full size). Mode conversion (16-bit, alpha
-on white, palette) runs in bands of rows, so it never holds more than a band beside the decoded
-image. The size and the resampling follow the model's ``resize_rule`` (:mod:`service.resize`).
+input size (``floor`` rule only: Detectron decodes at full size). Under the ``floor`` rule any
+other image that is not RGB and at least 4x the input size is box-reduced first (in bands, in a
+mode that keeps 16 bits and transparency) and converted after; under ``detectron`` the mode
+conversion (16-bit, alpha on white, palette) runs in bands of rows. Either way no full-size
+float64 copy or RGBA canvas is made. The size and the resampling follow the model's ``resize_rule`` (:mod:`service.resize`).
 """
 
 from __future__ import annotations
@@ -187,7 +189,64 @@ def _band_to_rgb(band: Image.Image, gray: tuple[float, float] | None) -> Image.I
     return band.convert("RGB")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+# Modes Pillow's ``reduce`` takes (it refuses I;16, P, 1); the others are converted per band.
+_REDUCIBLE = ("L", "I", "F", "RGB", "CMYK")
+# ImageOps.exif_transpose's methods, for an image that no longer carries its EXIF block.
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
+def reduce_before_convert(image: Image.Image, factor: int) -> Image.Image:
+    """``image`` box-reduced by ``factor`` in bands of rows, before any conversion to RGB.
+
+    For the ``floor`` rule only, whose bilinear resize is antialiased (Pillow's own
+    ``reducing_gap`` does the same): a 16-bit or transparent image is reduced in a mode that
+    keeps its information (16-bit as 32-bit integers, transparency premultiplied so that the
+    colours of transparent pixels do not bleed), and only then converted, so no full-size
+    float64 copy or RGBA canvas is ever made. Returns mode ``I`` (from 16-bit), ``RGBA`` (any
+    transparency), ``L``, ``I``, ``F``, ``CMYK`` as given, else ``RGB``; size
+    ``ceil(w / factor)`` × ``ceil(h / factor)``.
+    """
+    alpha = _has_alpha(image)
+    if alpha:
+        final = "RGBA"
+    elif image.mode.startswith("I;16"):
+        final = "I"
+    elif image.mode in _REDUCIBLE:
+        final = image.mode
+    elif image.mode == "1":
+        final = "L"
+    else:
+        final = "RGB"
+    width, height = image.size
+    out = Image.new(final, (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, _CONVERT_BAND_PIXELS // max(width * factor, 1))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(height, top + rows)))
+        if "transparency" in image.info:
+            band.info["transparency"] = image.info["transparency"]
+        if alpha:
+            small = band.convert("RGBA").convert("RGBa").reduce(factor).convert("RGBA")
+        else:
+            small = (band if band.mode == final else band.convert(final)).reduce(factor)
+        out.paste(small, (0, top // factor))
+    return out
+
+
+def _to_rgb(image: Image.Image, gray: tuple[float, float] | None = None) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB (16-bit and float images are scaled, not clipped).
 
     Converted in bands of rows into one RGB image: a full-size float64 copy or RGBA canvas
@@ -197,7 +256,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.mode == "RGB":
         return image
-    gray = _gray_scale(image) if image.mode.startswith("I;16") or image.mode in ("I", "F") else None
+    if gray is None and (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        gray = _gray_scale(image)
     width, height = image.size
     rows = max(1, _CONVERT_BAND_PIXELS // max(width, 1))
     if rows >= height:
@@ -243,9 +303,25 @@ def decode_image(
             # Decode at a 1/2, 1/4 or 1/8 scale when that still covers the input size.
             image.draft(None, (in_h, in_w) if swapped else (in_w, in_h))
         image.load()
-        if swapped or orientation != 1:
+        gray = None
+        # Stored pixels per input pixel, at least 2 left for the bilinear filter to average.
+        factor = min(stored_w // (2 * (in_h if swapped else in_w)),
+                     stored_h // (2 * (in_w if swapped else in_h)))  # fmt: skip
+        if not detectron and image.mode not in ("RGB", "L") and factor >= 2:
+            # Reduce, then convert: conversion never runs at full size where the rule allows
+            # it (Detectron's resamples the 8-bit full-size image, so it converts first).
+            if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+                gray = _gray_scale(image)  # of the whole image, as without the reduction
+            image = reduce_before_convert(image, factor)
+            if orientation in _ORIENT:
+                image = image.transpose(_ORIENT[orientation])
+        elif swapped or orientation != 1:
             image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
+        if not detectron and image.mode == "L" and image.size != (in_w, in_h):
+            # Pillow filters each band alike, so resizing the grey image and replicating it
+            # equals resizing its RGB copy: exact, and nothing of 3 bytes a pixel at full size.
+            image = image.resize((in_w, in_h), Image.Resampling.BILINEAR)
+        image = _to_rgb(image, gray)
         if detectron:
             scale = resize_scale(height, width, min_size, max_size, resize_rule)
             pixels = resize_pixels(np.asarray(image), (in_h, in_w), resize_rule, scale)
