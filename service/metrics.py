@@ -102,7 +102,8 @@ class ServiceMetrics:
         self.skipped = Counter(
             "maskx_skipped_requests",
             "Requests whose remaining work was skipped: stage=decode when the deadline passed "
-            "before decoding, stage=postprocess when the client was gone after inference.",
+            "before decoding, stage=postprocess when the client was gone after inference or "
+            "the deadline passed before post-processing began.",
             ["stage"],
             registry=r,
         )
