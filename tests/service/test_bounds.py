@@ -486,3 +486,23 @@ def test_a_40_mp_request_with_every_detection_over_http(n: int) -> None:
         assert "MASKX_MAX_MASK_PIXELS" in r.json()["error"]["message"]
         assert growth < 3 * decoded
         assert r.json()["error"]["message"].startswith("the 1000 masks")
+
+
+def test_deadline_passed_while_waiting_for_a_postprocess_thread_is_not_postprocessed() -> None:
+    """Post-processing has its own pool (a slow decode cannot hold it, nor it a decode); a
+    request whose deadline passed while it waited for that pool is answered 504 unpasted."""
+    cfg = Settings(warmup=False, max_batch_delay_ms=1, postprocess_threads=1,
+                   request_timeout_s=0.5)  # fmt: skip
+    app = create_app(cfg, runtime=FakeRuntime())
+    with LiveServer(app) as live:
+        live.wait_ready()
+        worker = app.state.worker
+        assert worker.post_pool is not worker.cpu_pool
+        worker.post_pool.submit(time.sleep, 1.2)  # the only post-processing thread is busy
+        r = httpx.post(live.url + "/segment", content=make_image(64, 48),
+                       headers={"content-type": "image/jpeg"}, timeout=10)  # fmt: skip
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        assert "before its masks were pasted" in r.json()["error"]["message"]
+        text = httpx.get(live.url + "/metrics").text
+        assert 'maskx_skipped_requests_total{stage="postprocess"} 1.0' in text
+        assert "maskx_postprocess_seconds_count 0.0" in text
