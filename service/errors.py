@@ -25,6 +25,7 @@ ERROR_CODES: dict[str, int] = {
     "missing_image_field": 422,
     "unknown_class": 422,
     "mask_area_too_large": 422,
+    "response_too_large": 422,
     "queue_full": 429,
     "server_busy": 429,
     "client_busy": 429,

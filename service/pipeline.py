@@ -23,6 +23,7 @@ from service.contract import ModelMetadata
 from service.errors import ServiceError
 from service.postprocess import (
     DEFAULT_MAX_MASK_PIXELS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     Detection,
     SegmentParams,
     limit_blas_threads,
@@ -131,11 +132,13 @@ class Pipeline:
         max_pixels: int = 40_000_000,
         max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
         max_mask_pixels: int | None = DEFAULT_MAX_MASK_PIXELS,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.runtime = runtime
         self.max_pixels = max_pixels
         self.max_jpeg_scans = max_jpeg_scans
         self.max_mask_pixels = max_mask_pixels
+        self.max_response_bytes = max_response_bytes
         limit_blas_threads()  # BLAS threads spinning after a paste slow the next inference
 
     @classmethod
@@ -186,6 +189,7 @@ class Pipeline:
             params=params,
             max_mask_pixels=self.max_mask_pixels,
             deadline=deadline,
+            max_response_bytes=self.max_response_bytes,
         )
 
     def segment(self, data: bytes, params: SegmentParams | None = None) -> SegmentResult:

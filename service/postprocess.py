@@ -43,6 +43,7 @@ MASK_GROUP_PIXELS = 1 << 22
 # Pixels of one mask resampled at a time (float32 temporaries) before thresholding.
 _PASTE_BAND_PIXELS = 1 << 20
 DEFAULT_MAX_MASK_PIXELS = 200_000_000
+DEFAULT_MAX_RESPONSE_BYTES = 64_000_000
 Paste = Callable[[np.ndarray, np.ndarray, int, int, float], list[tuple[int, int, np.ndarray]]]
 
 
@@ -416,6 +417,7 @@ def encode_masks(
     *,
     deadline: float | None = None,
     group_pixels: int = MASK_GROUP_PIXELS,
+    max_chars: int | None = None,
 ) -> list[str]:
     """COCO compressed RLE strings of ``N`` masks, pasted by ``paste`` a group at a time.
 
@@ -424,13 +426,15 @@ def encode_masks(
     grouped while their clipped windows add up to at most ``group_pixels``; each group is pasted,
     encoded and dropped before the next, so memory stays at about one group's area (a mask
     larger than that is a group alone, pasted in bands). ``deadline`` (a ``time.monotonic()``
-    value) is checked before each group: 504 ``deadline_exceeded`` once it has passed. The
-    strings equal those of pasting and encoding all masks at once.
+    value) is checked before each group: 504 ``deadline_exceeded`` once it has passed.
+    ``max_chars`` bounds the strings' total length (the masks' share of the response, and what
+    they hold in memory until it is sent): 422 ``response_too_large`` as soon as it is passed.
+    The strings equal those of pasting and encoding all masks at once.
     """
     n = len(probs)
     areas = window_areas(int_boxes, im_h, im_w)
     out: list[str] = []
-    start = 0
+    start, chars = 0, 0
     while start < n:
         stop, held = start + 1, int(areas[start])
         while stop < n and held + int(areas[stop]) <= group_pixels:
@@ -442,8 +446,17 @@ def encode_masks(
                 f"the request deadline passed while its masks were encoded ({start} of {n} done)",
             )
         regions = paste(probs[start:stop], int_boxes[start:stop], im_h, im_w, threshold)
-        out.extend(encode_regions(regions, im_h, im_w))
+        strings = encode_regions(regions, im_h, im_w)
         del regions
+        chars += sum(len(x) for x in strings)
+        if max_chars is not None and chars > max_chars:
+            raise ServiceError(
+                "response_too_large",
+                f"the masks' RLE passed {max_chars} characters after {stop} of {n} masks "
+                "(MASKX_MAX_RESPONSE_BYTES); raise score_threshold, lower max_detections or "
+                "ask for masks=none",
+            )
+        out.extend(strings)
         start = stop
     return out
 
@@ -457,6 +470,7 @@ def postprocess_detections(
     params: SegmentParams,
     max_mask_pixels: int | None = None,
     deadline: float | None = None,
+    max_response_bytes: int | None = None,
 ) -> list[Detection]:
     """Detections of **one** image, filtered, in displayed pixels, with masks.
 
@@ -466,7 +480,8 @@ def postprocess_detections(
     ``max_detections``; boxes are scaled back and clipped to the image, then each mask is pasted
     inside its box and RLE-encoded for the full image (:func:`encode_masks`). With
     ``max_mask_pixels``, masks whose clipped boxes add up to more pixels are refused before any
-    is pasted (422 ``mask_area_too_large``); ``deadline`` is checked between groups of masks.
+    is pasted (422 ``mask_area_too_large``); ``deadline`` is checked between groups of masks;
+    ``max_response_bytes`` bounds the masks' RLE text (422 ``response_too_large``).
     """
     im_h, im_w = image_size
     keep = raw.scores >= params.score_threshold
@@ -514,8 +529,9 @@ def postprocess_detections(
                     "name fewer classes or ask for masks=none",
                 )
         counts = encode_masks(
-            probs, int_boxes, im_h, im_w, params.mask_threshold, paste, deadline=deadline
-        )
+            probs, int_boxes, im_h, im_w, params.mask_threshold, paste, deadline=deadline,
+            max_chars=max_response_bytes,
+        )  # fmt: skip
         for det, c in zip(out, counts, strict=True):
             det.mask = {"size": [im_h, im_w], "counts": c}
     return out

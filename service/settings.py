@@ -114,6 +114,13 @@ class Settings(BaseSettings):
         "mask's box clipped to the image), checked before any is pasted; over -> 422 "
         "mask_area_too_large. Bounds post-processing time and response size.",
     )
+    max_response_bytes: int = Field(
+        64_000_000,
+        ge=1,
+        description="Most characters of mask RLE in one response, counted while masks are "
+        "encoded; over -> 422 response_too_large (masks whose outlines are very ragged can "
+        "cost more text than their area suggests).",
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default score_threshold.")
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default mask_threshold.")
     max_detections: int = Field(100, ge=1, le=1000, description="Default max_detections.")

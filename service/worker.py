@@ -46,6 +46,7 @@ class Worker:
             max_pixels=settings.max_pixels,
             max_jpeg_scans=settings.max_jpeg_scans,
             max_mask_pixels=settings.max_mask_pixels,
+            max_response_bytes=settings.max_response_bytes,
         )
         # Two pools: a slow decode cannot delay the post-processing of a finished inference
         # (whose result is held in memory until then), nor post-processing the decodes.

@@ -506,3 +506,29 @@ def test_deadline_passed_while_waiting_for_a_postprocess_thread_is_not_postproce
         text = httpx.get(live.url + "/metrics").text
         assert 'maskx_skipped_requests_total{stage="postprocess"} 1.0' in text
         assert "maskx_postprocess_seconds_count 0.0" in text
+
+
+def test_mask_text_over_the_response_cap_is_refused_while_encoding() -> None:
+    """Ragged masks (noise probabilities) cost far more RLE text than their area suggests: the
+    cap stops encoding at the group that passes it, naming the limit."""
+    h, w = 1000, 1000
+    n = 40
+    rng = np.random.default_rng(5)
+    probs = rng.uniform(0, 1, (n, 28, 28)).astype(np.float32)
+    int_boxes = expand_boxes_for_paste(np.tile(np.array([[0, 0, w, h]], np.float32), (n, 1)), 28)
+    one = encode_masks(probs[:1], int_boxes[:1], h, w, 0.5, paste_masks_box_local)
+    limit = 5 * len(one[0])  # about five masks' worth
+    painted: list[int] = []
+
+    def counting_paste(p, b, *rest):  # type: ignore[no-untyped-def]
+        painted.append(len(p))
+        return paste_masks_box_local(p, b, *rest)
+
+    with pytest.raises(ServiceError) as err:
+        encode_masks(probs, int_boxes, h, w, 0.5, counting_paste, max_chars=limit)
+    assert err.value.code == "response_too_large" and err.value.status == 422
+    assert "MASKX_MAX_RESPONSE_BYTES" in err.value.message
+    assert sum(painted) < 10  # stopped at the group that passed it, not after all 40
+    # Under the cap the same call answers every mask.
+    assert len(encode_masks(probs, int_boxes, h, w, 0.5, paste_masks_box_local,
+                            max_chars=100 * limit)) == n  # fmt: skip
