@@ -1,9 +1,12 @@
 """Admission: whether a ``/segment`` request may start, and how many have.
 
-One owner for the worker's availability (ready, draining) and its in-flight count (with the
-``maskx_in_flight_requests`` gauge): a request is admitted **before** its body is read and
-counts until its answer is built, so that the cap (``MASKX_MAX_IN_FLIGHT``) bounds the bodies
-held in memory, not only the batch queue.
+One owner for the worker's availability (ready, draining), its in-flight count (with the
+``maskx_in_flight_requests`` gauge) and the bodies being read per client. A request is checked
+for availability before its body is read, but admitted against the cap
+(``MASKX_MAX_IN_FLIGHT``) only **once its body is read**: clients that trickle bodies cannot
+hold the slots that decoding and inference need. Bodies being read are bounded per client
+address (``MASKX_MAX_UPLOADS_PER_CLIENT``), each in time (``MASKX_BODY_TIMEOUT_S``), and all
+together by uvicorn's connection limit (``MASKX_LIMIT_CONCURRENCY``).
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ class Admission:
         *,
         ready: Callable[[], bool],
         not_ready_reason: Callable[[], str | None] = lambda: None,
+        max_uploads_per_client: int = 0,
     ) -> None:
         self.max_in_flight = max_in_flight
+        self.max_uploads_per_client = max_uploads_per_client
+        self.uploads: dict[str, int] = {}  # client address -> bodies being read
         self.metrics = metrics
         self._ready = ready
         self._not_ready_reason = not_ready_reason
         self.draining = False
-        self.in_flight = 0
+        self.in_flight = 0  # accepted: receiving a body or admitted
+        self.admitted = 0  # body read, counted against max_in_flight
         metrics.in_flight_capacity.set(max_in_flight)
 
     def check_available(self) -> None:
@@ -58,24 +65,63 @@ class Admission:
             )
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Count one request for the duration of the block, or refuse it: 503 while not
-        available, 429 ``server_busy`` when ``max_in_flight`` requests are already admitted."""
-        self.check_available()
-        if self.in_flight >= self.max_in_flight:
-            self.metrics.rejected.labels(reason="server_busy").inc()
+    def uploading(self, client: str | None) -> Iterator[None]:
+        """Count one body being read from ``client`` (an address; None: unknown, not counted)
+        for the duration of the block, or refuse it: 429 ``client_busy`` when that client
+        already has ``max_uploads_per_client`` bodies on their way (0: no limit)."""
+        if client is None or self.max_uploads_per_client == 0:
+            yield
+            return
+        held = self.uploads.get(client, 0)
+        if held >= self.max_uploads_per_client:
+            self.metrics.rejected.labels(reason="client_busy").inc()
             raise ServiceError(
-                "server_busy",
-                f"{self.in_flight} requests are already being handled (MASKX_MAX_IN_FLIGHT="
-                f"{self.max_in_flight}); retry later",
+                "client_busy",
+                f"{held} bodies from this client are still being received "
+                f"(MASKX_MAX_UPLOADS_PER_CLIENT={self.max_uploads_per_client}); retry later",
                 headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
             )
+        self.uploads[client] = held + 1
+        try:
+            yield
+        finally:
+            left = self.uploads[client] - 1
+            if left:
+                self.uploads[client] = left
+            else:
+                del self.uploads[client]
+
+    @contextmanager
+    def accept(self) -> Iterator[None]:
+        """Count one ``/segment`` request from its availability check to its answer (503
+        while not available): ``in_flight``, which a drain waits for, includes requests whose
+        body is still arriving (accepted before a drain, they are served)."""
+        self.check_available()
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             yield
         finally:
             self.in_flight -= 1
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one request whose body is read against ``max_in_flight`` for the duration of
+        the block (``maskx_in_flight_requests``), or refuse it: 429 ``server_busy`` when
+        ``max_in_flight`` requests are already admitted. Availability is :meth:`accept`'s."""
+        if self.admitted >= self.max_in_flight:
+            self.metrics.rejected.labels(reason="server_busy").inc()
+            raise ServiceError(
+                "server_busy",
+                f"{self.admitted} requests are already being handled (MASKX_MAX_IN_FLIGHT="
+                f"{self.max_in_flight}); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_BUSY_S)},
+            )
+        self.admitted += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.admitted -= 1
             self.metrics.in_flight.dec()
 
     def begin_drain(self) -> None:

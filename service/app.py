@@ -2,7 +2,9 @@
 
 Routes: ``POST /segment``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
 ``GET /v1/model``, OpenAPI at ``/docs`` (Swagger UI served from the package: works offline);
-``GET /`` and ``/static`` serve the demo page when ``service/static/`` exists. Every error is JSON
+``GET /`` and ``/static`` serve the demo page when ``service/static/`` exists. With
+``MASKX_API_KEY`` set, every route but ``/healthz`` and ``/readyz`` needs it
+(:class:`ApiKeyMiddleware`). Every error is JSON
 ``{"error": {"code", "message", "request_id"}}``; every response carries ``X-Request-ID``.
 """
 
@@ -51,6 +53,33 @@ STATIC_DIR = Path(__file__).with_name("static")
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/gif", "image/tiff")
 # A client's X-Request-ID is kept when it is short and plain (it lands in logs and headers).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# The demo page loads only its own script and style; images come from files the user picks
+# (blob:) and samples; it may not be framed (clickjacking). /docs keeps Swagger UI's inline
+# script, so its pages get only the framing rule.
+PAGE_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    b"frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]  # fmt: skip
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+# Echoed input is cut to this many characters in error messages.
+ECHO_CHARS = 200
+
+
+def log_safe(text: str) -> str:
+    """``text`` with every character outside printable ASCII escaped (``\\r``, ``\\x1b``,
+    ``\\u2028``): a percent-decoded ``%0d%0a`` in a path cannot forge a line of the text log."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def clip_echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, saying how long it was."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def docs_assets_dir() -> Path | None:
@@ -107,7 +136,14 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                headers = [*message.get("headers", ()), rid_header, *SECURITY_HEADERS]
+                is_html = any(k.lower() == b"content-type" and v.startswith(b"text/html")
+                              for k, v in headers)  # fmt: skip
+                if is_html:
+                    page = scope["path"] == "/" or scope["path"].startswith("/static/")
+                    csp = PAGE_CSP if page else b"frame-ancestors 'none'"
+                    headers.append((b"content-security-policy", csp))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -124,8 +160,8 @@ class RequestMiddleware:
                 client = scope.get("client")
                 access_log.info(
                     "%s %s %d %.1f ms",
-                    scope["method"],
-                    scope["path"],
+                    log_safe(scope["method"]),
+                    log_safe(scope["path"]),
                     status,
                     elapsed * 1000,
                     extra={
@@ -138,6 +174,47 @@ class RequestMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+
+# Routes anyone may call when MASKX_API_KEY is set: the probes that kubelets and load balancers
+# call without credentials. They say only "alive" and "ready", nothing about the model.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ApiKeyMiddleware:
+    """With ``MASKX_API_KEY`` set, every request but the probes (:data:`PUBLIC_PATHS`) needs
+    ``Authorization: Bearer <key>``: ``/segment``, ``/v1/model``, ``/metrics``, ``/docs``,
+    ``/openapi.json``, the demo page, and any path that does not exist (401 before 404, so
+    the key cannot be skipped by probing for routes). One guard, in front of every route, so a
+    route added later is covered too. CORS preflights are answered before it (browsers send
+    them without credentials)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        error = ServiceError(
+            "unauthorized",
+            "missing or wrong API key: send 'Authorization: Bearer <MASKX_API_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        rid = scope.get("state", {}).get("request_id")
+        response = json_response(error.body(rid), error.status, error.headers)
+        await response(scope, receive, send)
 
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
@@ -299,6 +376,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.worker = None
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key.get_secret_value())
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -353,8 +432,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
-            + (f" (got {err['input']!r})" if "input" in err else "")
-            for err in exc.errors()
+            + (f" (got {clip_echo(err['input'])})" if "input" in err else "")
+            for err in exc.errors()[:10]  # an echo of bounded size, whatever was sent
         )
         return error_response(
             ServiceError("invalid_parameter", problems or "invalid request"), request
@@ -426,7 +505,12 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             Query(description="maskx: the response below; coco: a COCO results list."),
         ] = "maskx",
         image_id: Annotated[
-            int, Query(ge=0, description="image_id of every entry with format=coco.")
+            int,
+            Query(
+                ge=0,
+                le=2**63 - 1,  # COCO tools read it as int64; checked before any work is done
+                description="image_id of every entry with format=coco.",
+            ),
         ] = 0,
     ) -> Response:
         """Body: multipart field ``image`` or raw bytes with an ``image/*`` Content-Type.
@@ -435,7 +519,9 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         ``format=coco`` answers the list that pycocotools' ``COCO.loadRes`` reads.
         """
         deadline = time.monotonic() + settings.request_timeout_s
-        with worker.admission.admit():  # before reading a body we might not use
+        # Refusals that need no body come first; the slot is taken only once the body is here,
+        # so clients trickling bodies hold no slot (their uploads are bounded per client).
+        with worker.admission.accept():
             params = request_params(
                 settings,
                 worker.info,
@@ -445,8 +531,11 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 classes=classes,
                 masks=masks,
             )
-            data = await image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
-            result = await worker.segment(data, params, deadline, request.is_disconnected)
+            client = request.client.host if request.client is not None else None
+            with worker.admission.uploading(client):
+                data = await image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
+            with worker.admission.admit():
+                result = await worker.segment(data, params, deadline, request.is_disconnected)
         if format == "coco":
             return json_response(result.to_coco(image_id))
         return json_response(result.to_json(worker.info))

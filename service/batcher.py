@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from service.errors import RETRY_AFTER_BUSY_S, ServiceError, draining_error
+from service.logs import request_id_var
 from service.metrics import ServiceMetrics
 from service.preprocess import PreparedImage
 from service.runtime import RawDetections
@@ -49,6 +50,7 @@ class _Job:
     future: asyncio.Future[BatchOutput]
     enqueued: float
     deadline: float  # time.monotonic() after which the result is useless
+    request_id: str | None = None  # for the log line of a failed batch
 
 
 class Batcher:
@@ -131,7 +133,7 @@ class Batcher:
         if self._closed:
             raise draining_error()
         loop = asyncio.get_running_loop()
-        job = _Job(image, loop.create_future(), time.monotonic(), deadline)
+        job = _Job(image, loop.create_future(), time.monotonic(), deadline, request_id_var.get())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -203,15 +205,25 @@ class Batcher:
             )
             if len(outputs) != len(jobs):
                 raise RuntimeError(f"runtime returned {len(outputs)} results for {len(jobs)}")
-        except Exception as exc:
+        except Exception:
             self.consecutive_failures += 1
             if self.metrics is not None:
                 self.metrics.inference_failures.inc()
-            log.exception("inference failed for a batch of %d", len(jobs))
+            log.exception(
+                "inference failed for a batch of %d (requests %s)",
+                len(jobs),
+                ", ".join(str(job.request_id) for job in jobs),
+            )
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(
-                        ServiceError("inference_failed", f"inference failed: {exc}")
+                        # ONNX Runtime's text names graph nodes and file paths: the log has
+                        # it (above, with the batch's request ids); the client gets the id.
+                        ServiceError(
+                            "inference_failed",
+                            "inference failed; the server log has the cause, under this "
+                            "request's id",
+                        )
                     )
             return
         inference_s = time.perf_counter() - t0

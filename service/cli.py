@@ -22,8 +22,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_setting_flags(parser, SERVE_FLAGS)
 
 
+def header_timeout_protocol(timeout_s: float) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) closing a connection that
+    has not sent a whole request head within ``timeout_s`` of connecting or of its last
+    response. uvicorn itself has no such timeout: a connection that sends nothing, or a byte
+    at a time, stays open and holds one of its ``limit_concurrency`` connections."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        _header_timer: Any = None
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            waiting_after = self.cycle  # a new request head replaces the cycle
+
+            def expire() -> None:
+                if self.cycle is waiting_after and not self.transport.is_closing():
+                    self.transport.close()
+
+            self._header_timer = self.loop.call_later(timeout_s, expire)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
 def make_server(app: Any, settings: Any, **config: Any) -> Any:
-    """A uvicorn server whose first SIGTERM/SIGINT drains the app's worker (see module doc)."""
+    """A uvicorn server whose first SIGTERM/SIGINT drains the app's worker (see module doc),
+    with ``MASKX_LIMIT_CONCURRENCY`` and ``MASKX_HEADER_TIMEOUT_S`` applied."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -54,6 +96,8 @@ def make_server(app: Any, settings: Any, **config: Any) -> Any:
         access_log=False,  # MASKX_ACCESS_LOG: our own line, with the request id
         log_config=None,  # keep the logging set up by configure_logging (text or JSON)
         timeout_graceful_shutdown=int(DRAIN_GRACE_S),
+        limit_concurrency=settings.limit_concurrency,
+        http=header_timeout_protocol(settings.header_timeout_s),
         **config,
     )
     return DrainingServer(cfg)

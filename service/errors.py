@@ -19,12 +19,16 @@ ERROR_CODES: dict[str, int] = {
     "body_timeout": 408,
     "body_too_large": 413,
     "image_too_large": 413,
+    "image_too_complex": 413,
     "unsupported_media_type": 415,
     "invalid_parameter": 422,
     "missing_image_field": 422,
     "unknown_class": 422,
+    "mask_area_too_large": 422,
+    "response_too_large": 422,
     "queue_full": 429,
     "server_busy": 429,
+    "client_busy": 429,
     # nginx's convention: the client closed the connection before the answer. It never reaches
     # that client; it keeps such requests apart from server errors in logs and metrics.
     "client_closed_request": 499,

@@ -27,7 +27,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # The error codes of the two 429s (service/errors.py), the label values of
 # maskx_rejected_requests_total.
-REJECT_REASONS = ("queue_full", "server_busy")
+REJECT_REASONS = ("queue_full", "server_busy", "client_busy")
 
 
 class ServiceMetrics:
@@ -102,7 +102,8 @@ class ServiceMetrics:
         self.skipped = Counter(
             "maskx_skipped_requests",
             "Requests whose remaining work was skipped: stage=decode when the deadline passed "
-            "before decoding, stage=postprocess when the client was gone after inference.",
+            "before decoding, stage=postprocess when the client was gone after inference or "
+            "the deadline passed before post-processing began.",
             ["stage"],
             registry=r,
         )
@@ -115,7 +116,8 @@ class ServiceMetrics:
         self.rejected = Counter(
             "maskx_rejected_requests",
             "POST /segment requests answered 429, by reason: queue_full (the batch queue was "
-            "full) or server_busy (MASKX_MAX_IN_FLIGHT requests were already admitted).",
+            "full), server_busy (MASKX_MAX_IN_FLIGHT requests were already admitted) or "
+            "client_busy (MASKX_MAX_UPLOADS_PER_CLIENT bodies of that client being read).",
             ["reason"],
             registry=r,
         )

@@ -22,12 +22,14 @@ import numpy as np
 from service.contract import ModelMetadata
 from service.errors import ServiceError
 from service.postprocess import (
+    DEFAULT_MAX_MASK_PIXELS,
+    DEFAULT_MAX_RESPONSE_BYTES,
     Detection,
     SegmentParams,
     limit_blas_threads,
     postprocess_detections,
 )
-from service.preprocess import PreparedImage, decode_image, pad_batch
+from service.preprocess import DEFAULT_MAX_JPEG_SCANS, PreparedImage, decode_image, pad_batch
 from service.runtime import RawDetections, Runtime, load_runtime
 from service.settings import MaskMode, Settings
 
@@ -123,9 +125,20 @@ def infer_batch(runtime: Runtime, images: Sequence[PreparedImage]) -> list[RawDe
 class Pipeline:
     """Decode, run and post-process images with one runtime (no batching across callers)."""
 
-    def __init__(self, runtime: Runtime, *, max_pixels: int = 40_000_000) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        max_pixels: int = 40_000_000,
+        max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+        max_mask_pixels: int | None = DEFAULT_MAX_MASK_PIXELS,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self.runtime = runtime
         self.max_pixels = max_pixels
+        self.max_jpeg_scans = max_jpeg_scans
+        self.max_mask_pixels = max_mask_pixels
+        self.max_response_bytes = max_response_bytes
         limit_blas_threads()  # BLAS threads spinning after a paste slow the next inference
 
     @classmethod
@@ -153,20 +166,30 @@ class Pipeline:
             max_size=self.info.max_size,
             max_pixels=self.max_pixels,
             resize_rule=self.info.resize_rule,
+            max_jpeg_scans=self.max_jpeg_scans,
         )
 
     def infer(self, images: Sequence[PreparedImage]) -> list[RawDetections]:
         return infer_batch(self.runtime, images)
 
     def finish(
-        self, raw: RawDetections, image: PreparedImage, params: SegmentParams
+        self,
+        raw: RawDetections,
+        image: PreparedImage,
+        params: SegmentParams,
+        deadline: float | None = None,
     ) -> list[Detection]:
+        """Post-process one image's outputs; ``deadline`` (``time.monotonic()``) is checked
+        between groups of masks (504 ``deadline_exceeded``)."""
         return postprocess_detections(
             raw,
             input_size=image.input_size,
             image_size=(image.height, image.width),
             info=self.info,
             params=params,
+            max_mask_pixels=self.max_mask_pixels,
+            deadline=deadline,
+            max_response_bytes=self.max_response_bytes,
         )
 
     def segment(self, data: bytes, params: SegmentParams | None = None) -> SegmentResult:

@@ -7,6 +7,12 @@ zero pad, bilinear with ``align_corners=False`` into the integer box, clipped to
 the COCO compressed RLE of the full image is written directly from that box region. Nothing of
 image size is ever allocated per detection.
 
+Work and memory are bounded per request, whatever the detections: the total area of the masks
+to paste is checked against a cap before any is pasted (422 ``mask_area_too_large``); masks are
+pasted and encoded a group at a time (at most about ``MASK_GROUP_PIXELS`` of mask area held at
+once, each group freed before the next, a larger mask alone and in bands of rows), and the
+request's deadline is checked between groups.
+
 A model's metadata names its paste rule (``mask_paste``): ``maskx`` is the above
 (:func:`paste_masks_box_local`); ``detectron`` is Detectron's ``segm_results``
 (:func:`paste_masks_detectron`): the same expansion of the *legacy* (inclusive) box, OpenCV's
@@ -15,19 +21,30 @@ bilinear resize and a strict threshold, box-local as well.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from service.contract import ModelMetadata
+from service.errors import ServiceError
 from service.resize import linear_taps, resize_scale
 from service.runtime import RawDetections
 
 # |value| bounds of a compressed-RLE count written in 1, 2, ... 5-bit chunks (signed, 5 bits
 # each, the top one's high bit saying "more follows"): k chunks hold -2**(5k-1) <= v < 2**(5k-1).
 _CHUNK_LIMITS = np.array([2 ** (5 * k - 1) - 1 for k in range(1, 13)], dtype=np.int64)
+# Mask area pasted and encoded together: large enough that many small masks share one set of
+# numpy calls (their per-call overhead is what a per-mask loop pays), small enough that a group
+# costs a few tens of MB whatever the image.
+MASK_GROUP_PIXELS = 1 << 22
+# Pixels of one mask resampled at a time (float32 temporaries) before thresholding.
+_PASTE_BAND_PIXELS = 1 << 20
+DEFAULT_MAX_MASK_PIXELS = 200_000_000
+DEFAULT_MAX_RESPONSE_BYTES = 64_000_000
+Paste = Callable[[np.ndarray, np.ndarray, int, int, float], list[tuple[int, int, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -183,8 +200,18 @@ def paste_masks_box_local(
             out.append((ox, oy, np.zeros((0, 0), dtype=bool)))
             continue
         a, b = y_first[k], x_first[k]
-        region = (wy[a : a + rows] @ padded[k]) @ wx[b : b + cols].T
-        out.append((ox, oy, region >= thr))
+        tall = wy[a : a + rows] @ padded[k]
+        wide = wx[b : b + cols].T
+        if rows * cols <= _PASTE_BAND_PIXELS:
+            out.append((ox, oy, (tall @ wide) >= thr))
+            continue
+        # A large mask is resampled in bands of rows into its bool region: the float32 product
+        # of the whole window would cost 4 bytes per displayed pixel.
+        region = np.empty((rows, cols), dtype=bool)
+        step = max(1, _PASTE_BAND_PIXELS // cols)
+        for r in range(0, rows, step):
+            np.greater_equal(tall[r : r + step] @ wide, thr, out=region[r : r + step])
+        out.append((ox, oy, region))
     return out
 
 
@@ -249,8 +276,15 @@ def paste_masks_detectron(
         rows = padded[k]
         hor = rows[:, xi0] * (one - fx) + rows[:, xi1] * fx  # horizontal pass first, as cv2
         fy = fy[:, None]
-        region = hor[yi0] * (one - fy) + hor[yi1] * fy
-        out.append((ox, oy, region > thr))
+        # In bands of rows: per-pixel arithmetic, so banding changes no value, and the float32
+        # temporaries stay at a band's size whatever the box.
+        region = np.empty((len(yi0), hor.shape[1]), dtype=bool)
+        step = max(1, _PASTE_BAND_PIXELS // max(hor.shape[1], 1))
+        for r in range(0, len(yi0), step):
+            f = fy[r : r + step]
+            band = hor[yi0[r : r + step]] * (one - f) + hor[yi1[r : r + step]] * f
+            np.greater(band, thr, out=region[r : r + step])
+        out.append((ox, oy, region))
     return out
 
 
@@ -364,6 +398,69 @@ def _rle_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
     return [text[a:b] for a, b in zip(per_mask[:-1].tolist(), per_mask[1:].tolist(), strict=True)]
 
 
+def window_areas(int_boxes: np.ndarray, im_h: int, im_w: int) -> np.ndarray:
+    """Pixels of each integer paste box ``[N, 4]`` (inclusive corners) clipped to the image:
+    what pasting and encoding that mask costs. int64 ``[N]``."""
+    b = np.asarray(int_boxes, dtype=np.int64).reshape(-1, 4)
+    w = np.clip(np.minimum(b[:, 2] + 1, im_w) - np.maximum(b[:, 0], 0), 0, None)
+    h = np.clip(np.minimum(b[:, 3] + 1, im_h) - np.maximum(b[:, 1], 0), 0, None)
+    return w * h
+
+
+def encode_masks(
+    probs: np.ndarray,
+    int_boxes: np.ndarray,
+    im_h: int,
+    im_w: int,
+    threshold: float,
+    paste: Paste,
+    *,
+    deadline: float | None = None,
+    group_pixels: int = MASK_GROUP_PIXELS,
+    max_chars: int | None = None,
+) -> list[str]:
+    """COCO compressed RLE strings of ``N`` masks, pasted by ``paste`` a group at a time.
+
+    ``probs`` float32 ``[N, M, M]`` and ``int_boxes`` int64 ``[N, 4]`` as ``paste`` takes them
+    (:func:`paste_masks_box_local` or :func:`paste_masks_detectron`). Consecutive masks are
+    grouped while their clipped windows add up to at most ``group_pixels``; each group is pasted,
+    encoded and dropped before the next, so memory stays at about one group's area (a mask
+    larger than that is a group alone, pasted in bands). ``deadline`` (a ``time.monotonic()``
+    value) is checked before each group: 504 ``deadline_exceeded`` once it has passed.
+    ``max_chars`` bounds the strings' total length (the masks' share of the response, and what
+    they hold in memory until it is sent): 422 ``response_too_large`` as soon as it is passed.
+    The strings equal those of pasting and encoding all masks at once.
+    """
+    n = len(probs)
+    areas = window_areas(int_boxes, im_h, im_w)
+    out: list[str] = []
+    start, chars = 0, 0
+    while start < n:
+        stop, held = start + 1, int(areas[start])
+        while stop < n and held + int(areas[stop]) <= group_pixels:
+            held += int(areas[stop])
+            stop += 1
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ServiceError(
+                "deadline_exceeded",
+                f"the request deadline passed while its masks were encoded ({start} of {n} done)",
+            )
+        regions = paste(probs[start:stop], int_boxes[start:stop], im_h, im_w, threshold)
+        strings = encode_regions(regions, im_h, im_w)
+        del regions
+        chars += sum(len(x) for x in strings)
+        if max_chars is not None and chars > max_chars:
+            raise ServiceError(
+                "response_too_large",
+                f"the masks' RLE passed {max_chars} characters after {stop} of {n} masks "
+                "(MASKX_MAX_RESPONSE_BYTES); raise score_threshold, lower max_detections or "
+                "ask for masks=none",
+            )
+        out.extend(strings)
+        start = stop
+    return out
+
+
 def postprocess_detections(
     raw: RawDetections,
     *,
@@ -371,6 +468,9 @@ def postprocess_detections(
     image_size: tuple[int, int],
     info: ModelMetadata,
     params: SegmentParams,
+    max_mask_pixels: int | None = None,
+    deadline: float | None = None,
+    max_response_bytes: int | None = None,
 ) -> list[Detection]:
     """Detections of **one** image, filtered, in displayed pixels, with masks.
 
@@ -378,7 +478,10 @@ def postprocess_detections(
     (h, w) the image was resized to before padding; ``image_size`` is the displayed (h, w).
     Keeps scores ``>= score_threshold`` and the requested classes, best first, at most
     ``max_detections``; boxes are scaled back and clipped to the image, then each mask is pasted
-    inside its box and RLE-encoded for the full image.
+    inside its box and RLE-encoded for the full image (:func:`encode_masks`). With
+    ``max_mask_pixels``, masks whose clipped boxes add up to more pixels are refused before any
+    is pasted (422 ``mask_area_too_large``); ``deadline`` is checked between groups of masks;
+    ``max_response_bytes`` bounds the masks' RLE text (422 ``response_too_large``).
     """
     im_h, im_w = image_size
     keep = raw.scores >= params.score_threshold
@@ -410,14 +513,27 @@ def postprocess_detections(
     if params.masks:
         m = info.mask_resolution
         probs = raw.mask_probs[index]
+        paste: Paste
         if info.mask_paste == "detectron":
-            int_boxes = detectron_paste_boxes(legacy, m)
-            regions = paste_masks_detectron(probs, int_boxes, im_h, im_w, params.mask_threshold)
+            int_boxes, paste = detectron_paste_boxes(legacy, m), paste_masks_detectron
         else:
-            int_boxes = expand_boxes_for_paste(boxes, m)
-            regions = paste_masks_box_local(probs, int_boxes, im_h, im_w, params.mask_threshold)
-        for det, counts in zip(out, encode_regions(regions, im_h, im_w), strict=True):
-            det.mask = {"size": [im_h, im_w], "counts": counts}
+            int_boxes, paste = expand_boxes_for_paste(boxes, m), paste_masks_box_local
+        if max_mask_pixels is not None:
+            area = int(window_areas(int_boxes, im_h, im_w).sum())
+            if area > max_mask_pixels:
+                raise ServiceError(
+                    "mask_area_too_large",
+                    f"the {len(out)} masks to return cover {area} pixels of the "
+                    f"{im_w}x{im_h} image, over the limit of {max_mask_pixels} "
+                    "(MASKX_MAX_MASK_PIXELS); raise score_threshold, lower max_detections, "
+                    "name fewer classes or ask for masks=none",
+                )
+        counts = encode_masks(
+            probs, int_boxes, im_h, im_w, params.mask_threshold, paste, deadline=deadline,
+            max_chars=max_response_bytes,
+        )  # fmt: skip
+        for det, c in zip(out, counts, strict=True):
+            det.mask = {"size": [im_h, im_w], "counts": c}
     return out
 
 

@@ -107,21 +107,26 @@ def resize_linear(
     OpenCV's own code path (checked against opencv-python with its IPP path turned off; IPP's
     resize differs from it by float rounding, at most 1e-5 relative).
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
     h, w = img.shape[:2]
     out_h, out_w = size
     if (out_h, out_w) == (h, w):
-        return img.copy()
+        return img.astype(np.float32)
     x_step = 1.0 / scale if scale is not None else 1.0 / (out_w / w)
     y_step = 1.0 / scale if scale is not None else 1.0 / (out_h / h)
     x0, x1, fx = linear_taps(out_w, w, x_step, clamp_fraction=True)
     y0, y1, fy = linear_taps(out_h, h, y_step, clamp_fraction=False)
-    # Only the input rows that some output row reads are resized horizontally. In-place
-    # products keep the arithmetic (a * (1 - f) + b * f in float32) and halve the temporaries.
+    # Only the input pixels that some output pixel reads are gathered, in the input's own dtype,
+    # and only they are converted to float32 (exact for uint8): a 40-MP image shrunk to the
+    # model's scale never exists as float32 (12 bytes a pixel). In-place products keep the
+    # arithmetic (a * (1 - f) + b * f in float32) and halve the temporaries.
     rows, inverse = np.unique(np.concatenate([y0, y1]), return_inverse=True)
     tail = (1,) * (img.ndim - 2)
-    src = img[rows]
-    hor = _blend(src[:, x0], src[:, x1], fx.reshape(1, -1, *tail))
+    at_rows = rows[:, None]
+    left = img[at_rows, x0[None, :]].astype(np.float32)
+    right = img[at_rows, x1[None, :]].astype(np.float32)
+    hor = _blend(left, right, fx.reshape(1, -1, *tail))
+    del left, right
     return _blend(hor[inverse[:out_h]], hor[inverse[out_h:]], fy.reshape(-1, 1, *tail))
 
 

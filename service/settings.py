@@ -68,22 +68,80 @@ class Settings(BaseSettings):
         32,
         ge=1,
         le=100_000,
-        description="Most /segment requests admitted at once (reading a body, decoding, "
-        "queued or running); beyond -> 429 server_busy. Bounds memory: each may hold a body.",
+        description="Most /segment requests admitted at once (decoding, queued, running or "
+        "post-processing; admitted once their body is read, so slow uploads cannot hold these "
+        "slots); beyond -> 429 server_busy.",
+    )
+    max_uploads_per_client: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Most /segment bodies read at once from one client address; beyond -> 429 "
+        "client_busy (one client trickling bodies cannot take every connection). 0: no "
+        "per-client limit (behind a proxy that does not pass the client's address, see "
+        "deploy/README.md).",
+    )
+    limit_concurrency: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Most connections and tasks uvicorn serves at once; beyond, it answers 503 "
+        "at once. Bounds the bodies held in memory while they are read (times "
+        "MASKX_MAX_BODY_BYTES).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=3600.0,
+        description="Longest time a connection may take to send a request's headers (from "
+        "connecting, or from the end of its last response); then it is closed.",
     )
     max_pixels: int = Field(
         40_000_000, ge=1, description="Width x height limit checked before decoding; over -> 413."
     )
+    max_jpeg_scans: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Most scans a JPEG may have, counted from its markers before decoding; "
+        "over -> 413 image_too_complex. libjpeg walks every block once per scan, so a small "
+        "progressive file with thousands of scans would hold a thread for seconds.",
+    )
+    max_mask_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="Most pixels that the masks of one response may cover together (each "
+        "mask's box clipped to the image), checked before any is pasted; over -> 422 "
+        "mask_area_too_large. Bounds post-processing time and response size.",
+    )
+    max_response_bytes: int = Field(
+        64_000_000,
+        ge=1,
+        description="Most characters of mask RLE in one response, counted while masks are "
+        "encoded; over -> 422 response_too_large (masks whose outlines are very ragged can "
+        "cost more text than their area suggests).",
+    )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default score_threshold.")
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default mask_threshold.")
     max_detections: int = Field(100, ge=1, le=1000, description="Default max_detections.")
-    host: str = Field("0.0.0.0", description="Bind address.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Bind address. Loopback by default: a worker started by hand is not "
+        "reachable from the network until asked (the images set 0.0.0.0 inside the container).",
+    )
     port: int = Field(8000, ge=0, le=65535, description="Bind port (0 picks a free one).")
     api_key: SecretStr | None = Field(
-        None, description="When set, /segment needs 'Authorization: Bearer <key>'."
+        None,
+        description="When set, every route but /healthz and /readyz (/segment, /v1/model, "
+        "/metrics, /docs, /openapi.json, the demo page) needs 'Authorization: Bearer <key>'.",
     )
-    worker_threads: int = Field(
-        2, ge=1, le=256, description="Thread pool for decode and post-processing."
+    worker_threads: int = Field(2, ge=1, le=256, description="Thread pool for decoding images.")
+    postprocess_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Thread pool for mask pasting and RLE (apart from decoding, so that "
+        "expensive decodes cannot hold up finished inferences, nor the reverse).",
     )
     intra_op_threads: int = Field(
         0,
@@ -155,6 +213,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MASKX_MAX_IN_FLIGHT={self.max_in_flight} is smaller than "
                 f"MASKX_MAX_BATCH_SIZE={self.max_batch_size}: a batch could never fill"
+            )
+        if self.limit_concurrency <= self.max_in_flight:
+            raise ValueError(
+                f"MASKX_LIMIT_CONCURRENCY={self.limit_concurrency} is not above "
+                f"MASKX_MAX_IN_FLIGHT={self.max_in_flight}: uploads, probes and scrapes "
+                "would find no connection left while every admitted request runs"
             )
         return self
 

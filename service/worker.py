@@ -1,7 +1,8 @@
 """The serving worker that the app's lifespan owns: admission + pipeline + batcher + metrics.
 
-Request path: admission (before the body is read) → decode in the CPU pool → batch queue → one
-runtime call per batch (inference thread) → paste + RLE in the CPU pool. The event loop only
+Request path: body read (bounded per client) → admission → decode in the decode pool → batch queue →
+one runtime call per batch (inference thread) → paste + RLE in the post-processing pool; the
+request's deadline is checked before each stage and between groups of masks. The event loop only
 moves bytes and futures. Each piece of state has one owner: :class:`~service.admission.Admission`
 (ready/draining, in-flight count and cap), :class:`~service.batcher.Batcher` (queue, arrivals,
 warm-up, consecutive failures); this class wires them and runs one request through.
@@ -23,9 +24,9 @@ from service.contract import ModelMetadata
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline, SegmentResult, warmup
-from service.postprocess import SegmentParams
+from service.postprocess import Detection, SegmentParams
 from service.preprocess import PreparedImage
-from service.runtime import Runtime
+from service.runtime import RawDetections, Runtime
 from service.settings import Settings
 
 log = logging.getLogger("maskx.service")
@@ -40,8 +41,19 @@ class Worker:
         self.settings = settings
         self.runtime = runtime
         self.metrics = metrics
-        self.pipeline = Pipeline(runtime, max_pixels=settings.max_pixels)
+        self.pipeline = Pipeline(
+            runtime,
+            max_pixels=settings.max_pixels,
+            max_jpeg_scans=settings.max_jpeg_scans,
+            max_mask_pixels=settings.max_mask_pixels,
+            max_response_bytes=settings.max_response_bytes,
+        )
+        # Two pools: a slow decode cannot delay the post-processing of a finished inference
+        # (whose result is held in memory until then), nor post-processing the decodes.
         self.cpu_pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="maskx-cpu")
+        self.post_pool = ThreadPoolExecutor(
+            settings.postprocess_threads, thread_name_prefix="maskx-post"
+        )
         self.batcher = Batcher(
             self.pipeline.infer,
             max_batch_size=settings.max_batch_size,
@@ -54,6 +66,7 @@ class Worker:
             metrics,
             ready=lambda: self.batcher.ready,
             not_ready_reason=lambda: self.batcher.warmup_error,
+            max_uploads_per_client=settings.max_uploads_per_client,
         )
         metrics.consecutive_failures.set_function(lambda: self.batcher.consecutive_failures)
         metrics.healthy.set_function(lambda: float(self.healthy))
@@ -119,6 +132,7 @@ class Worker:
         self.admission.begin_drain()
         await self.batcher.drain(timeout_s=self.settings.request_timeout_s)
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self.post_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
@@ -129,6 +143,15 @@ class Worker:
             return None
         return self.pipeline.prepare(data)
 
+    def _finish_before(
+        self, raw: RawDetections, image: PreparedImage, params: SegmentParams, deadline: float
+    ) -> list[Detection] | None:
+        """Post-process unless ``deadline`` passed while this waited for a thread; the
+        deadline is checked again between groups of masks."""
+        if time.monotonic() >= deadline:
+            return None
+        return self.pipeline.finish(raw, image, params, deadline)
+
     async def segment(
         self,
         data: bytes,
@@ -138,7 +161,7 @@ class Worker:
     ) -> SegmentResult:
         """Segment one image; ``deadline`` is a ``time.monotonic()`` value.
 
-        The caller admits the request (:meth:`Admission.admit`) before reading its body. No CPU
+        The caller admits the request (:meth:`Admission.admit`) once its body is read. No CPU
         is spent on a request that cannot be answered: decoding is skipped once the deadline
         has passed (504), post-processing once ``client_gone()`` says the client left (499);
         both count in ``maskx_skipped_requests_total``.
@@ -169,7 +192,14 @@ class Worker:
             self.metrics.skipped.labels(stage="postprocess").inc()
             raise ServiceError("client_closed_request", "the client closed the connection")
         t1 = time.perf_counter()
-        detections = await self._in_pool(self.pipeline.finish, out.raw, image, params)
+        detections = await asyncio.get_running_loop().run_in_executor(
+            self.post_pool, self._finish_before, out.raw, image, params, deadline
+        )
+        if detections is None:
+            self.metrics.skipped.labels(stage="postprocess").inc()
+            raise ServiceError(
+                "deadline_exceeded", "the request deadline passed before its masks were pasted"
+            )
         post_s = time.perf_counter() - t1
         self.metrics.postprocess.observe(post_s)
         self.metrics.detections.observe(len(detections))

@@ -68,7 +68,8 @@ def test_default_stack_is_the_cpu_worker_fed_by_the_model_builder(
 ) -> None:
     services = cpu_model["services"]
     assert set(services) == {
-        "segmenter", "model-builder", "prometheus", "grafana-password", "grafana", "trainer"
+        "segmenter", "model-builder", "prometheus-key", "prometheus", "grafana-password",
+        "grafana", "trainer",
     }  # fmt: skip
     seg = services["segmenter"]
     assert seg["build"]["target"] == "serve-cpu"
@@ -241,12 +242,39 @@ def test_worker_environment_matches_settings(cpu_model: dict[str, Any]) -> None:
     differs = {
         f
         for f in fields
-        if getattr(from_compose, f) != getattr(defaults, f) and f not in {"model_path", "providers"}
+        if getattr(from_compose, f) != getattr(defaults, f)
+        and f not in {"model_path", "providers", "host"}
     }
     assert not differs, f"compose defaults differ from Settings defaults for {sorted(differs)}"
     assert str(from_compose.model_path) == "/models/model.onnx"
     # The container names its provider: the CPU image has no other (the GPU override: cuda,cpu).
     assert from_compose.providers == "cpu"
+    # Inside the container the worker listens on every address; by hand, on loopback only.
+    assert (from_compose.host, defaults.host) == ("0.0.0.0", "127.0.0.1")
+
+
+def test_prometheus_sends_the_workers_key(cpu_model: dict[str, Any]) -> None:
+    """With MASKX_API_KEY set /metrics needs it: the one-shot writes it where the scrape job's
+    credentials_file points (empty without a key, and the worker then ignores the header)."""
+    services = cpu_model["services"]
+    for name in ("prometheus.yml", "prometheus-gpu.yml"):
+        prom = yaml.safe_load((DEPLOY / "prometheus" / name).read_text())
+        job = next(j for j in prom["scrape_configs"] if j["job_name"] == "maskx")
+        assert job["authorization"] == {
+            "type": "Bearer",
+            "credentials_file": "secrets/maskx-api-key",
+        }
+    assert (DEPLOY / "prometheus" / "secrets" / "maskx-api-key").read_text() == ""
+    assert "prometheus-secret:/etc/prometheus/secrets:ro" in volume_strings(services["prometheus"])
+    assert services["prometheus"]["depends_on"]["prometheus-key"]["condition"] == (
+        "service_completed_successfully"
+    )
+    key = services["prometheus-key"]
+    assert volume_strings(key) == ["prometheus-secret:/run/maskx-secrets:rw"]
+    assert "/run/maskx-secrets/maskx-api-key" in " ".join(key["entrypoint"])
+    chosen = compose_config(BASE, env={"MASKX_API_KEY": "k3y"})["services"]
+    assert chosen["prometheus-key"]["environment"]["MASKX_API_KEY"] == "k3y"
+    assert chosen["segmenter"]["environment"]["MASKX_API_KEY"] == "k3y"
 
 
 def test_mounted_files_exist_and_prometheus_scrapes_the_worker(cpu_model: dict[str, Any]) -> None:
@@ -277,3 +305,19 @@ def test_grafana_provisioning_is_consistent() -> None:
     assert providers[0]["options"]["path"] == "/etc/grafana/dashboards"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_services_are_hardened(cpu_model: dict[str, Any]) -> None:
+    """No capabilities, no privilege gain, a process bound; the worker and Prometheus cannot
+    write their own image."""
+    services = cpu_model["services"]
+    for name in ("segmenter", "prometheus", "prometheus-key", "grafana"):
+        service = services[name]
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert 0 < int(service["pids_limit"]) <= 4096, name
+    for name in ("segmenter", "prometheus"):
+        assert services[name]["read_only"] is True, name
+    assert "/tmp" in services["segmenter"]["tmpfs"]
+    for name in ("grafana-password", "model-builder"):
+        assert "no-new-privileges:true" in services[name]["security_opt"], name

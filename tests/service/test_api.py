@@ -191,7 +191,7 @@ def test_health_model_metrics_and_unknown_routes(client: TestClient, synthetic_m
     assert "/segment" in client.get("/openapi.json").json()["paths"]
 
 
-def test_api_key_guards_segment_only(settings: Settings) -> None:
+def test_api_key_guards_every_route_but_the_probes(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"api_key": SecretStr("k3y")}))
     with TestClient(app) as c:
         wait_ready(c)
@@ -203,7 +203,17 @@ def test_api_key_guards_segment_only(settings: Settings) -> None:
         assert_error(c.post("/segment", content=data, headers=bad), 401, "unauthorized")
         good = JPEG | {"authorization": "Bearer k3y"}
         assert c.post("/segment", content=data, headers=good).status_code == 200
-        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        key = {"authorization": "Bearer k3y"}
+        for path in ("/v1/model", "/metrics", "/docs", "/openapi.json", "/", "/static/app.js",
+                     "/docs-assets/swagger-ui.css", "/no-such-route"):  # fmt: skip
+            r = c.get(path)
+            assert_error(r, 401, "unauthorized")
+            assert r.headers["x-request-id"]
+            assert_error(c.get(path, headers={"authorization": "Bearer k3y-"}), 401, "unauthorized")
+            assert c.get(path, headers=key, follow_redirects=False).status_code in (200, 307, 404)
+        assert c.get("/v1/model", headers=key).json()["name"]
+        assert "maskx_requests_total" in c.get("/metrics", headers=key).text
 
 
 def test_not_ready_until_warm_up_is_done(settings: Settings) -> None:

@@ -202,6 +202,7 @@ def test_200_slow_uploads_are_capped_and_a_normal_request_still_gets_through(
     env = os.environ | {"MASKX_LOG_LEVEL": "warning"}
     cmd = [sys.executable, "-m", "maskx.cli", "serve", "--model", str(model_path), "--host", HOST,
            "--port", str(port), "--providers", "cpu", "--max-in-flight", str(cap),
+           "--max-uploads-per-client", str(cap),
            "--body-timeout-s", str(body_timeout), "--no-warmup"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://{HOST}:{port}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,11 @@ def page(browser, base_url: str) -> Iterator[object]:  # type: ignore[no-untyped
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The page runs under its own Content-Security-Policy: anything it blocks is an error.
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     page.goto(f"{base_url}/")
     yield page
     context.close()
@@ -76,13 +82,23 @@ def _canvas_pixels(page) -> np.ndarray:  # type: ignore[no-untyped-def]
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
+def _wait_for(page, expression: str) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``expression`` until it is true. ``page.wait_for_function`` would evaluate it with
+    ``eval`` inside the page, which the page's CSP (no ``unsafe-eval``) forbids; ``evaluate``
+    goes through the debugging protocol."""
+    until = time.monotonic() + TIMEOUT_MS / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < until, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
 def _wait_done(page, rows: int | None = None) -> dict:  # type: ignore[no-untyped-def]
     """Wait for a finished request (with ``rows`` table rows); fail at once on a shown error."""
     state = "document.getElementById('status').dataset.state"
     done = f"{state} === 'done'"
     if rows is not None:
         done += f" && document.querySelectorAll('#detections tbody tr').length === {rows}"
-    page.wait_for_function(f"{state} === 'error' || ({done})")
+    _wait_for(page, f"{state} === 'error' || ({done})")
     assert page.get_attribute("#status", "data-state") == "done", (
         f"the demo page shows an error: {page.inner_text('#status')}"
     )
@@ -158,9 +174,10 @@ def test_demo_page_thresholds_requery(page) -> None:  # type: ignore[no-untyped-
 
     loose = mask_pixels(response)
     page.fill("#mask-threshold", "0.95")
-    page.wait_for_function(
+    _wait_for(
+        page,
         f"window.maskxDemo.lastResponse.detections[0].mask.counts !== "
-        f"{response['detections'][0]['mask']['counts']!r}"
+        f"{response['detections'][0]['mask']['counts']!r}",
     )
     strict = mask_pixels(page.evaluate("window.maskxDemo.lastResponse"))
     assert 0 < strict < loose

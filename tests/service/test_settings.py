@@ -17,7 +17,7 @@ def test_defaults_match_the_contract(clean_env: None) -> None:
     assert (s.request_timeout_s, s.max_body_bytes, s.max_pixels) == (30, 20_000_000, 40_000_000)
     assert (s.score_threshold, s.mask_threshold, s.max_detections) == (0.5, 0.5, 100)
     assert (s.host, s.port, s.api_key, s.worker_threads, s.warmup) == (
-        "0.0.0.0",
+        "127.0.0.1",
         8000,
         None,
         2,
