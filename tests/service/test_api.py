@@ -229,10 +229,23 @@ def test_inference_failure_is_a_json_500(settings: Settings) -> None:
         assert_error(r, 500, "inference_failed")
 
 
-def test_demo_routes_stay_out_of_the_schema(client: TestClient) -> None:
+def test_demo_routes_stay_out_of_the_schema(
+    client: TestClient, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The repository ships the demo page: `/` serves it.
     r = client.get("/", follow_redirects=False)
-    assert r.status_code in (200, 307)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "<title>maskx" in r.text
     assert "/" not in client.get("/openapi.json").json()["paths"]
+    # An install without the static folder redirects `/` to the API docs instead.
+    import service.app
+
+    monkeypatch.setattr(service.app, "STATIC_DIR", tmp_path / "no-static")
+    with TestClient(create_app(settings)) as bare:
+        r = bare.get("/", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == "/docs"
+        assert bare.get("/static/app.js").status_code == 404
+        assert "/" not in bare.get("/openapi.json").json()["paths"]
 
 
 def test_segment_takes_no_thread_pool_hop_outside_decode_infer_and_paste(
