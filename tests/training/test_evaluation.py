@@ -299,6 +299,30 @@ def test_write_metrics_json_is_atomic_and_plain(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
 
 
+def test_write_metrics_json_interrupted_mid_file_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write itself fails half-way (a full disk): the previous file is intact, no half
+    file and no temporary file is left (the TypeError case above fails before any file opens)."""
+    path = tmp_path / "metrics.json"
+    write_metrics_json({"old": 1}, path)
+    real_write_text = Path.write_text
+    written: list[Path] = []
+
+    def half_then_full_disk(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        written.append(self)
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_metrics_json({"new": list(range(100))}, path)
+    monkeypatch.undo()
+    assert written and written[0] != path  # the bytes went to a file beside it, not over it
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
 def test_metrics_table_shows_subsets_with_nothing_to_score_as_dashes() -> None:
     # Every class has masks (the oracle): pycocotools gives no AP for B, and the table must
     # still print instead of failing at the end of a finished training run.
