@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -207,15 +208,19 @@ def test_api_key_guards_segment_only(settings: Settings) -> None:
 
 
 def test_not_ready_until_warm_up_is_done(settings: Settings) -> None:
-    rt = FakeRuntime(delay_s=0.15)
+    gate = threading.Event()  # warm-up inferences wait until the test opens it
+    rt = FakeRuntime(gate=gate)
     app = create_app(settings.model_copy(update={"warmup": True}), runtime=rt)
     with TestClient(app) as c:
-        r = c.get("/readyz")
-        assert_error(r, 503, "not_ready")
-        assert r.headers["retry-after"]
-        r = c.post("/segment", content=make_image(64, 48), headers=JPEG)
-        assert_error(r, 503, "not_ready")
-        assert c.get("/healthz").status_code == 200
+        try:
+            r = c.get("/readyz")
+            assert_error(r, 503, "not_ready")
+            assert r.headers["retry-after"]
+            r = c.post("/segment", content=make_image(64, 48), headers=JPEG)
+            assert_error(r, 503, "not_ready")
+            assert c.get("/healthz").status_code == 200
+        finally:
+            gate.set()
         wait_ready(c)
         # warm-up covered landscape, portrait, square and a full batch
         assert rt.calls[:4] == [1, 1, 1, settings.max_batch_size]
