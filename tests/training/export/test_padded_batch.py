@@ -13,13 +13,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.training.export.helpers import assert_same_detections, split_outputs
 from training.checkpoint import load_model_from_checkpoint
 from training.export.onnx_export import OUTPUT_NAMES, eager_reference, export_model, pad_batch
-
-# The tolerances `maskx export` verifies with (float32 graph against float32 eager).
-BOX_RTOL = 1e-3
-SCORE_ATOL = 1e-4
-MASK_ATOL = 1e-3
 
 
 def _synth_image(synth_root, index: int) -> torch.Tensor:
@@ -28,34 +24,6 @@ def _synth_image(synth_root, index: int) -> torch.Tensor:
     files = sorted((synth_root / "images" / "val").glob("*.png"))
     rgb = np.array(Image.open(files[index]).convert("RGB"))
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
-
-
-def _assert_same_detections(name: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray]):
-    """Equal lists label for label, boxes within a relative 1e-3, scores and mask
-    probabilities within an absolute 1e-4 and 1e-3."""
-    assert got["labels"].shape[0] == ref["labels"].shape[0], (
-        f"{name}: {got['labels'].shape[0]} detections, eager has {ref['labels'].shape[0]}"
-    )
-    np.testing.assert_array_equal(got["labels"], ref["labels"], err_msg=name)
-    scale = np.maximum(np.abs(ref["boxes"]), 1.0)
-    box_rel = np.abs(got["boxes"] - ref["boxes"]) / scale
-    assert box_rel.max(initial=0.0) <= BOX_RTOL, f"{name}: box relative diff {box_rel.max()}"
-    np.testing.assert_allclose(got["scores"], ref["scores"], rtol=0, atol=SCORE_ATOL, err_msg=name)
-    np.testing.assert_allclose(
-        got["mask_probs"], ref["mask_probs"], rtol=0, atol=MASK_ATOL, err_msg=name
-    )
-
-
-def _split(outputs: list[np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
-    boxes, scores, labels, batch, masks = outputs
-    assert batch.dtype == np.int64 and set(np.unique(batch)) <= set(range(n))
-    # the detections of one image are contiguous (the contract), image 0 first
-    assert np.all(np.diff(batch) >= 0), batch
-    return [
-        {"boxes": boxes[batch == i], "scores": scores[batch == i], "labels": labels[batch == i],
-         "mask_probs": masks[batch == i]}
-        for i in range(n)
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +52,13 @@ def test_padded_mixed_size_batch_equals_eager_per_image(exported, synth_root):
     assert tuple(batch.shape) == (2, 3, 96, 96)
     assert sizes.tolist() == [[70, 96], [96, 64]]
     out = session.run(list(OUTPUT_NAMES), {"images": batch.numpy(), "image_sizes": sizes.numpy()})
-    got = _split(out, 2)
+    got = split_outputs(out, 2)
     # Eager on the same two images: torchvision's transform pads them into the same 96×96 batch.
     eager = eager_reference(model, images)
     for k, img in enumerate(images):
         ref = {key: v.numpy() for key, v in eager[k].items()}
         assert ref["labels"].shape[0] >= 10, "too few detections to compare"
-        _assert_same_detections(f"image {k} {tuple(img.shape[1:])} in the batch", ref, got[k])
+        assert_same_detections(f"image {k} {tuple(img.shape[1:])} in the batch", ref, got[k])
         # every box inside its own image's valid region, not the padded batch's
         h, w = img.shape[1:]
         assert (got[k]["boxes"][:, 2] <= w).all() and (got[k]["boxes"][:, 3] <= h).all()
@@ -105,7 +73,7 @@ def test_padded_mixed_size_batch_equals_eager_per_image(exported, synth_root):
             list(OUTPUT_NAMES),
             {"images": alone_batch.numpy(), "image_sizes": alone_sizes.numpy()},
         )
-        _assert_same_detections(f"image {k} alone", ref, _split(alone, 1)[0])
+        assert_same_detections(f"image {k} alone", ref, split_outputs(alone, 1)[0])
 
 
 def test_padding_content_does_not_reach_the_detections(exported, synth_root):
