@@ -48,11 +48,11 @@ class FakeRuntime:
         provider: str = "fake",
         gate: threading.Event | None = None,
     ) -> None:
+        self.gate = gate
         self.info = info or ModelMetadata.from_dict(default_metadata(), "fake")
         self.delay_s = delay_s
         self.fail = fail
         self.provider = provider
-        self.gate = gate
         self.calls: list[int] = []
 
     def run(self, images: np.ndarray, image_sizes: np.ndarray) -> RawDetections:
