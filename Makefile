@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## system-deps: Debian tools the tests drive (Prometheus, promtool, Docker, docker-compose, debootstrap,
-## shellcheck, chromium, wrk)
+## shellcheck, chromium, wrk) and the WordNet 3.0 database the class-table test reads (wordnet-base)
 system-deps:
 	@missing=""; \
 	for t in prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
@@ -30,6 +30,7 @@ system-deps:
 	         shellcheck:shellcheck chromium:chromium wrk:wrk; do \
 	  cmd=$${t%%:*}; pkg=$${t##*:}; command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
+	[ -f /usr/share/wordnet/index.noun ] || missing="$$missing wordnet-base"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

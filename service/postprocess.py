@@ -165,6 +165,18 @@ def _bilinear_rows(
     return weights, first
 
 
+def binarise_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """The one mask rule of maskx, shared by the service and ``maskx evaluate``: a pixel is in
+    the mask when its probability is **strictly above** ``threshold``.
+
+    ``probs`` float ``[..., H, W]`` → bool of the same shape, compared in float32. The rule is
+    Detectron's (``mask > cfg.MRCNN.THRESH_BINARIZE``) and torchvision's evaluation's
+    (``masks > 0.5``): a probability equal to the threshold is background, so
+    ``mask_threshold=0`` keeps only pixels with some probability, not the whole pasted box.
+    """
+    return np.asarray(probs, dtype=np.float32) > np.float32(threshold)
+
+
 def paste_masks_box_local(
     probs: np.ndarray, int_boxes: np.ndarray, im_h: int, im_w: int, threshold: float
 ) -> list[tuple[int, int, np.ndarray]]:
@@ -172,7 +184,7 @@ def paste_masks_box_local(
 
     ``probs`` float32 ``[N, M, M]``; ``int_boxes`` int64 ``[N, 4]`` from
     :func:`expand_boxes_for_paste`. Returns one ``(x0, y0, region)`` per mask: ``region`` is
-    bool ``[y1 - y0, x1 - x0]``, the thresholded (``>= threshold``) mask over the box clipped to
+    bool ``[y1 - y0, x1 - x0]``, the mask (:func:`binarise_mask`) over the box clipped to
     the ``im_h`` × ``im_w`` image, placed at column ``x0``, row ``y0``; it equals the same
     window of torchvision's full-image paste. The resize matrices of all masks are built in
     one go; each mask then costs two small matrix products.
@@ -203,14 +215,15 @@ def paste_masks_box_local(
         tall = wy[a : a + rows] @ padded[k]
         wide = wx[b : b + cols].T
         if rows * cols <= _PASTE_BAND_PIXELS:
-            out.append((ox, oy, (tall @ wide) >= thr))
+            out.append((ox, oy, binarise_mask(tall @ wide, thr)))
             continue
         # A large mask is resampled in bands of rows into its bool region: the float32 product
         # of the whole window would cost 4 bytes per displayed pixel.
         region = np.empty((rows, cols), dtype=bool)
         step = max(1, _PASTE_BAND_PIXELS // cols)
         for r in range(0, rows, step):
-            np.greater_equal(tall[r : r + step] @ wide, thr, out=region[r : r + step])
+            # binarise_mask's rule, written into the band: strictly above, in float32.
+            np.greater(tall[r : r + step] @ wide, thr, out=region[r : r + step])
         out.append((ox, oy, region))
     return out
 

@@ -26,6 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from service.postprocess import binarise_mask  # one mask rule for evaluation and serving
 from training.fileio import atomic_path
 
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
@@ -59,8 +60,9 @@ def predictions_to_coco_results(
     ``{"image_id": int, "boxes": float [N, 4] (x1, y1, x2, y2, image pixels), "labels": int [N]
     (model labels 1..K), "scores": float [N], "masks": float [N, 1, H, W] probabilities or
     uint8/bool [N, H, W]}`` as numpy arrays or torch tensors; ``masks`` may be absent (boxes
-    only). Probability masks are binarised with ``> mask_threshold`` (torchvision's rule);
-    integer masks count as foreground where nonzero.
+    only). Probability masks are binarised with ``> mask_threshold``, the service's rule
+    (:func:`service.postprocess.binarise_mask`); integer masks count as foreground where
+    nonzero.
 
     Returns one dict per detection: ``image_id``, ``category_id`` (``vocab.source_ids[label -
     1]``), ``bbox`` ``[x, y, w, h]``, ``score`` and, with masks, ``segmentation`` as compressed
@@ -97,7 +99,7 @@ def predictions_to_coco_results(
                     f"{tuple(_to_numpy(pred['masks']).shape)} do not match {len(boxes)} boxes"
                 )
             if np.issubdtype(masks.dtype, np.floating):
-                binary = masks > mask_threshold
+                binary = binarise_mask(masks, mask_threshold)
             else:
                 binary = masks != 0
             # pycocotools wants [H, W, N] uint8 in Fortran order.

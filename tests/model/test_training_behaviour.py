@@ -13,6 +13,7 @@ from .helpers import synthetic_batch, tiny_config
 # the model computes something else: check why before updating the numbers. Last update: the
 # authors' init of cls_score N(0, 0.01) / bbox_pred N(0, 0.001) starts the logits near zero, so
 # the classifier loss is ln(K + 1) = ln 11 = 2.398 and the box deltas (and their loss) near 0.
+# torchvision's MaskRCNN on the same weights computes the same five values (the test below).
 GOLDEN = {
     "loss_classifier": 2.402201,
     "loss_box_reg": 0.000007,
@@ -36,6 +37,58 @@ def test_golden_losses():
     assert set(losses) == set(GOLDEN)
     for key, value in GOLDEN.items():
         assert losses[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_golden_losses_are_torchvisions_on_the_same_weights(monkeypatch):
+    """Where the golden values come from: torchvision's ``MaskRCNN`` with the same modules and
+    weights computes them. Its class-specific mask predictor gets the transfer's kernels
+    ``τ(W_det)`` (a zero row for the background, no bias), and its mask loss is restricted to
+    the RoIs of instances with masks, as Mask^X's partial loss is; the same seed draws the
+    same RoI samples on both sides."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection import roi_heads as tv_roi_heads
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    from model import mask_rcnn_arguments
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    k1, d = cfg.num_classes + 1, cfg.mask_head_dim
+    theirs = MaskRCNN(num_classes=None, box_predictor=FastRCNNPredictor(cfg.box_head_dim, k1),
+                      mask_predictor=MaskRCNNPredictor(d, d, k1), **mask_rcnn_arguments(cfg))  # fmt: skip
+    state = {k: v for k, v in ours.state_dict().items() if ".weight_transfer." not in k}
+    with torch.no_grad():
+        kernels = ours.roi_heads.mask_predictor.all_class_kernels(ours.roi_heads.box_predictor)
+    state["roi_heads.mask_predictor.mask_fcn_logits.weight"] = torch.cat(
+        [torch.zeros(1, d), kernels]
+    )[:, :, None, None]
+    state["roi_heads.mask_predictor.mask_fcn_logits.bias"] = torch.zeros(k1)
+    theirs.load_state_dict(state, strict=True)
+
+    images, targets = synthetic_batch(seed=0)
+    has_mask = [t.pop("has_mask") for t in targets]
+    assert not all(bool(h.all()) for h in has_mask)  # a partial mask loss to derive
+    full_loss = tv_roi_heads.maskrcnn_loss
+
+    def partial_loss(mask_logits, proposals, gt_masks, gt_labels, matched):  # type: ignore[no-untyped-def]
+        logits = mask_logits.split([len(p) for p in proposals])
+        keep = [h[m] for h, m in zip(has_mask, matched, strict=True)]
+        return full_loss(
+            torch.cat([x[k] for x, k in zip(logits, keep, strict=True)]),
+            [p[k] for p, k in zip(proposals, keep, strict=True)],
+            gt_masks, gt_labels,
+            [m[k] for m, k in zip(matched, keep, strict=True)],
+        )  # fmt: skip
+
+    monkeypatch.setattr(tv_roi_heads, "maskrcnn_loss", partial_loss)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        derived = {k: v.item() for k, v in theirs.train()(images, targets).items()}
+    assert set(derived) == set(GOLDEN)
+    for key, value in GOLDEN.items():
+        assert derived[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize("predictor", ["transfer", "class_agnostic"])

@@ -32,8 +32,12 @@ CHROMIUM_ARGS = [
 class FakeRuntime:
     """A runtime without ONNX Runtime: returns :func:`expected_outputs` after ``delay_s``.
 
-    ``calls`` records the batch size of every call; ``fail`` makes every call raise.
+    ``calls`` records the batch size of every call; ``fail`` makes every call raise. With a
+    ``gate`` (a ``threading.Event``), every call waits for the test to set it (at most
+    ``GATE_TIMEOUT_S``): a test orders events by what happened, not by how long it took.
     """
+
+    GATE_TIMEOUT_S = 30.0
 
     def __init__(
         self,
@@ -42,7 +46,9 @@ class FakeRuntime:
         delay_s: float = 0.0,
         fail: bool = False,
         provider: str = "fake",
+        gate: threading.Event | None = None,
     ) -> None:
+        self.gate = gate
         self.info = info or ModelMetadata.from_dict(default_metadata(), "fake")
         self.delay_s = delay_s
         self.fail = fail
@@ -59,6 +65,8 @@ class FakeRuntime:
         if images.shape[2] % d or images.shape[3] % d:
             raise ValueError(f"images {images.shape} not padded to multiples of {d}")
         self.calls.append(int(images.shape[0]))
+        if self.gate is not None and not self.gate.wait(self.GATE_TIMEOUT_S):
+            raise RuntimeError(f"the test never opened the gate ({self.GATE_TIMEOUT_S:g} s)")
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -217,15 +218,19 @@ def test_api_key_guards_every_route_but_the_probes(settings: Settings) -> None:
 
 
 def test_not_ready_until_warm_up_is_done(settings: Settings) -> None:
-    rt = FakeRuntime(delay_s=0.15)
+    gate = threading.Event()  # warm-up inferences wait until the test opens it
+    rt = FakeRuntime(gate=gate)
     app = create_app(settings.model_copy(update={"warmup": True}), runtime=rt)
     with TestClient(app) as c:
-        r = c.get("/readyz")
-        assert_error(r, 503, "not_ready")
-        assert r.headers["retry-after"]
-        r = c.post("/segment", content=make_image(64, 48), headers=JPEG)
-        assert_error(r, 503, "not_ready")
-        assert c.get("/healthz").status_code == 200
+        try:
+            r = c.get("/readyz")
+            assert_error(r, 503, "not_ready")
+            assert r.headers["retry-after"]
+            r = c.post("/segment", content=make_image(64, 48), headers=JPEG)
+            assert_error(r, 503, "not_ready")
+            assert c.get("/healthz").status_code == 200
+        finally:
+            gate.set()
         wait_ready(c)
         # warm-up covered landscape, portrait, square and a full batch
         assert rt.calls[:4] == [1, 1, 1, settings.max_batch_size]
@@ -239,10 +244,23 @@ def test_inference_failure_is_a_json_500(settings: Settings) -> None:
         assert_error(r, 500, "inference_failed")
 
 
-def test_demo_routes_stay_out_of_the_schema(client: TestClient) -> None:
+def test_demo_routes_stay_out_of_the_schema(
+    client: TestClient, settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The repository ships the demo page: `/` serves it.
     r = client.get("/", follow_redirects=False)
-    assert r.status_code in (200, 307)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "<title>maskx" in r.text
     assert "/" not in client.get("/openapi.json").json()["paths"]
+    # An install without the static folder redirects `/` to the API docs instead.
+    import service.app
+
+    monkeypatch.setattr(service.app, "STATIC_DIR", tmp_path / "no-static")
+    with TestClient(create_app(settings)) as bare:
+        r = bare.get("/", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == "/docs"
+        assert bare.get("/static/app.js").status_code == 404
+        assert "/" not in bare.get("/openapi.json").json()["paths"]
 
 
 def test_segment_takes_no_thread_pool_hop_outside_decode_infer_and_paste(

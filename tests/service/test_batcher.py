@@ -47,9 +47,16 @@ def test_waiting_requests_share_one_runtime_call() -> None:
     assert [o.batch_size for _, o in results] == [4, 4, 4, 4, 2, 2]
 
 
+# Timing bounds come from the mechanism, not from a quiet machine: a wrong batcher waits
+# LONG_S (a delay or a deadline set that far away), a right one answers after the scheduling
+# of a few tasks, so "under LONG_S / 2" leaves seconds of room for a loaded machine.
+LONG_S = 30.0
+
+
 def lone_request_seconds(rt: FakeRuntime, *, companion_on_its_way: bool, **kw: object) -> float:
     """Time from submit to result of one request alone in a fresh batcher; with
-    ``companion_on_its_way`` another request is decoding (it never arrives)."""
+    ``companion_on_its_way`` another request is decoding (it never arrives). The request's
+    deadline is ``LONG_S`` away, and waiting for the result gives up after ``LONG_S``."""
 
     async def scenario() -> float:
         b = make(rt, **kw)
@@ -57,9 +64,9 @@ def lone_request_seconds(rt: FakeRuntime, *, companion_on_its_way: bool, **kw: o
         t0 = time.monotonic()
         if companion_on_its_way:
             with b.arriving():
-                await b.submit(image(), t0 + 5)
+                await asyncio.wait_for(b.submit(image(), t0 + LONG_S), LONG_S)
         else:
-            await b.submit(image(), t0 + 5)
+            await asyncio.wait_for(b.submit(image(), t0 + LONG_S), LONG_S)
         elapsed = time.monotonic() - t0
         await b.drain()
         return elapsed
@@ -71,16 +78,18 @@ def test_batch_waits_the_delay_for_a_companion_and_no_longer() -> None:
     rt = FakeRuntime()
     delay = 0.3
     elapsed = lone_request_seconds(rt, companion_on_its_way=True, max_batch_delay_s=delay)
-    # Both sides: a batcher that never waits fails the first bound, one that waits too long
-    # (or forever) the second.
-    assert delay - 0.005 <= elapsed < delay + 0.5
+    # A batcher that never waits fails the first bound (the batch cannot start before the
+    # delay is over). The companion never arrives: one that waits for it instead of for the
+    # delay waits until the result is given up on (LONG_S), failing the second.
+    assert delay - 0.005 <= elapsed < LONG_S / 2
     assert rt.calls == [1]
 
 
 def test_lone_request_is_not_held_back_when_nothing_is_arriving() -> None:
     rt = FakeRuntime()
-    # a batcher that always waits takes 2 s
-    assert lone_request_seconds(rt, companion_on_its_way=False, max_batch_delay_s=2.0) < 1.0
+    # a batcher that always waits the delay takes LONG_S
+    elapsed = lone_request_seconds(rt, companion_on_its_way=False, max_batch_delay_s=LONG_S)
+    assert elapsed < LONG_S / 2
     assert rt.calls == [1]
 
 
@@ -88,16 +97,17 @@ def test_batch_waits_for_a_request_that_is_on_its_way() -> None:
     rt = FakeRuntime()
 
     async def scenario() -> None:
-        b = make(rt, max_batch_delay_s=2.0)
+        b = make(rt, max_batch_delay_s=LONG_S)
         b.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + LONG_S
         with b.arriving():  # the second request is still decoding
             first = b.submit(image(), deadline)
             await asyncio.sleep(0.1)
         second = b.submit(image(), deadline)
         t0 = time.monotonic()
-        await asyncio.gather(first, second)
-        assert time.monotonic() - t0 < 1.0  # the batch ran as soon as it arrived, not at 2 s
+        await asyncio.wait_for(asyncio.gather(first, second), LONG_S)
+        # the batch ran as soon as the second arrived, not when the delay (LONG_S) was over
+        assert time.monotonic() - t0 < LONG_S / 2
         await b.drain()
 
     asyncio.run(scenario())
@@ -111,9 +121,8 @@ def test_warmup_runs_on_the_inference_thread_before_ready() -> None:
         b = make(FakeRuntime())
         b.start(warmup)  # type: ignore[arg-type]
         before = b.ready
-        for _ in range(200):
-            if b.ready or b.warmup_error:
-                break
+        until = time.monotonic() + LONG_S
+        while not (b.ready or b.warmup_error) and time.monotonic() < until:
             await asyncio.sleep(0.01)
         await b.drain()
         return before, b.ready, b.warmup_error
@@ -149,22 +158,26 @@ def test_consecutive_failures_are_counted_and_reset_by_a_success() -> None:
 
 
 def test_full_queue_refuses_at_once_with_retry_after() -> None:
-    rt = FakeRuntime(delay_s=0.2)
+    gate = threading.Event()
+    rt = FakeRuntime(gate=gate)
 
     async def scenario() -> None:
         b = make(rt, max_batch_size=1, queue_size=2, max_batch_delay_s=0)
         b.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + LONG_S
         first = b.submit(image(), deadline)
-        await asyncio.sleep(0.05)  # the worker took it: the queue is empty again
+        while not rt.calls:  # the worker took it (it waits at the gate): the queue is empty
+            await asyncio.sleep(0.01)
         queued = [b.submit(image(), deadline) for _ in range(2)]
         with pytest.raises(ServiceError) as err:
             b.submit(image(), deadline)
         assert err.value.code == "queue_full" and err.value.headers["Retry-After"]
+        gate.set()
         await asyncio.gather(first, *queued)
         await b.drain()
 
     asyncio.run(scenario())
+    assert rt.calls == [1, 1, 1]
 
 
 def test_expired_requests_are_not_run() -> None:
@@ -219,3 +232,74 @@ def test_drain_finishes_queued_work_and_refuses_new() -> None:
 
     asyncio.run(scenario())
     assert rt.calls == [1, 1, 1]
+
+
+def test_a_job_whose_caller_gave_up_is_not_run() -> None:
+    gate = threading.Event()
+    rt = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        b = make(rt, max_batch_size=1, max_batch_delay_s=0)
+        b.start()
+        deadline = time.monotonic() + LONG_S
+        first = b.submit(image(), deadline)
+        while not rt.calls:  # the first one runs (waiting at the gate)
+            await asyncio.sleep(0.01)
+        gone = b.submit(image(), deadline)
+        kept = b.submit(image(), deadline)
+        gone.cancel()  # its caller's deadline passed or its client left
+        gate.set()
+        await asyncio.gather(first, kept)
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert rt.calls == [1, 1]  # the second call is `kept`'s alone
+
+
+def test_a_runtime_returning_the_wrong_number_of_results_fails_the_batch() -> None:
+    rt = FakeRuntime()
+
+    def one_result_short(images: list[PreparedImage]) -> list:
+        return infer_batch(rt, images)[:-1]
+
+    async def scenario() -> list:
+        b = Batcher(one_result_short, max_batch_size=4, max_batch_delay_s=0.05, queue_size=8)
+        b.start()
+        deadline = time.monotonic() + LONG_S
+        with b.arriving():  # both go into one batch
+            futures = [b.submit(image(), deadline) for _ in range(2)]
+        outs = await asyncio.gather(*futures, return_exceptions=True)
+        assert b.consecutive_failures == 1
+        await b.drain()
+        return outs
+
+    outs = asyncio.run(scenario())
+    assert rt.calls == [2]
+    for out in outs:
+        assert isinstance(out, ServiceError) and out.code == "inference_failed"
+        assert "returned 1 results for 2" in out.message
+
+
+def test_drain_gives_up_after_its_timeout_and_refuses_what_is_still_queued() -> None:
+    gate = threading.Event()  # never opened while draining: the runtime hangs
+    rt = FakeRuntime(gate=gate)
+
+    async def scenario() -> None:
+        b = make(rt, max_batch_size=1, max_batch_delay_s=0)
+        b.start()
+        deadline = time.monotonic() + LONG_S
+        running = b.submit(image(), deadline)
+        while not rt.calls:
+            await asyncio.sleep(0.01)
+        queued = [b.submit(image(), deadline) for _ in range(2)]
+        # drain returns although the batch never finishes (a drain that waits for it would
+        # wait until the gate's own timeout, LONG_S)
+        await asyncio.wait_for(b.drain(timeout_s=0.2), LONG_S / 2)
+        for f in queued:
+            assert f.done() and isinstance(f.exception(), ServiceError)
+            assert f.exception().code == "draining"  # type: ignore[union-attr]
+        assert not running.done() or running.exception() is not None
+        gate.set()  # let the inference thread end
+
+    asyncio.run(scenario())
+    assert rt.calls == [1]

@@ -118,9 +118,9 @@ def test_paste_equals_torchvision_full_image_paste() -> None:
         assert len(pasted) == n
         for k, (x0, y0, region) in enumerate(pasted):
             ours = full_mask(region, x0, y0, h, w)
-            mismatched += int((ours != (ref[k] >= 0.5)).sum())
+            mismatched += int((ours != (ref[k] > 0.5)).sum())
         x0, y0, region = paste_mask_box_local(probs[0], int_boxes[0], h, w, 0.5)
-        mismatched += int((full_mask(region, x0, y0, h, w) != (ref[0] >= 0.5)).sum())
+        mismatched += int((full_mask(region, x0, y0, h, w) != (ref[0] > 0.5)).sum())
     # Same float32 arithmetic, same geometry: the pixels agree exactly.
     assert mismatched == 0
 

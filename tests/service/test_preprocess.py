@@ -98,11 +98,31 @@ def test_exif_orientation_6_swaps_the_frame() -> None:
     assert img.pixels.shape == (3, 426, 320)
 
 
-def test_large_jpeg_uses_draft_mode_and_keeps_full_size_frame() -> None:
+def test_large_jpeg_uses_draft_mode_and_keeps_full_size_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from PIL import JpegImagePlugin
+
+    drafts: list[tuple[tuple[int, int] | None, tuple[int, int]]] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):  # type: ignore[no-untyped-def]
+        result = real_draft(self, mode, size)
+        drafts.append((size, self.size))  # what was asked, what the decoder will produce
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     data = make_image(4000, 3000, quality=80)
     img = decode_image(data, **LIMITS)
     assert (img.width, img.height) == (4000, 3000)
     assert img.pixels.shape == (3, 320, 426)
+    # Decoded at 1/8 (500×375), the smallest power-of-two reduction that still covers 426×320,
+    # instead of 12 million pixels.
+    assert drafts == [((426, 320), (500, 375))]
+    # A small JPEG is asked for its input size too, and decoded whole: no reduction covers it.
+    drafts.clear()
+    small = decode_image(make_image(640, 480), **LIMITS)
+    assert small.pixels.shape == (3, 320, 426) and drafts == [((426, 320), (640, 480))]
 
 
 def test_pixel_bound_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:

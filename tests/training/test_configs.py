@@ -1,10 +1,12 @@
-"""Every shipped config parses, validates and builds its model (tiny sizes for speed)."""
+"""Every shipped config parses, validates and builds its model (its heads and class count with
+tiny widths for speed), and the model trains and predicts on one small image."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.config import TrainConfig, load_config
 
@@ -101,3 +103,49 @@ def test_config_does_what_its_name_and_header_say(path):
         assert cfg.model.mask_predictor == "class_specific" and cfg.data.mask_classes == "all"
     if "end_to_end" in name:
         assert cfg.data.kind == "vg+coco" and cfg.train.init_checkpoint is None
+
+
+# Widths small enough to build and run every config in well under a second; everything that
+# distinguishes the configs (predictor, MLP, transfer input, stop-gradient, K) is kept.
+TINY_WIDTHS = {"backbone": "tiny", "backbone_weights": None, "fpn_channels": 32,
+               "box_head_dim": 64, "mask_head_dim": 32, "transfer_hidden": 32,
+               "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_train": 100,
+               "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
+               "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32,
+               "rpn_batch_size_per_image": 32}  # fmt: skip
+PREDICTORS = {"transfer": "WeightTransferMaskPredictor",
+              "class_agnostic": "ClassAgnosticMaskPredictor",
+              "class_specific": "ClassSpecificMaskPredictor"}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_builds_a_model_that_trains_and_predicts(path):
+    from model import build_model
+    from training.trainer import resolve_model_config, set_trainable
+
+    cfg = load_config(path)
+    # K comes from the data at training time: the VG vocabulary, or the COCO categories.
+    k = cfg.data.vg_num_classes if cfg.data.kind in ("vg", "vg+coco", "coco_in_vg") else 80
+    cfg = resolve_model_config(cfg, k)
+    torch.manual_seed(0)
+    model = build_model(cfg.model.replace(**TINY_WIDTHS))
+    rh = model.roi_heads
+    assert model.num_classes == k and rh.box_predictor.cls_score.out_features == k + 1
+    assert type(rh.mask_predictor).__name__ == PREDICTORS[cfg.model.mask_predictor]
+    assert (rh.mask_predictor.mlp is not None) == cfg.model.mlp
+    if cfg.model.mask_predictor == "transfer":
+        kernels = rh.mask_predictor.all_class_kernels(rh.box_predictor)
+        assert tuple(kernels.shape) == (k, TINY_WIDTHS["mask_head_dim"])
+    keys = set_trainable(model, cfg.train.scheme)
+    image = torch.rand(3, 64, 64)
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([k]),
+              "masks": torch.zeros(1, 64, 64, dtype=torch.uint8), "has_mask": torch.tensor([True])}  # fmt: skip
+    target["masks"][0, 8:48, 8:40] = 1
+    losses = model.train()([image], [target])
+    loss = sum(losses[key] for key in keys)
+    assert torch.isfinite(loss) and loss.requires_grad
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([image])
+    assert out["masks"].shape[1:] == (1, 64, 64)

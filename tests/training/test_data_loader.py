@@ -138,14 +138,47 @@ def test_batch_larger_than_dataset_is_refused() -> None:
 def test_worker_processes_load_and_flips_repeat_per_epoch() -> None:
     ds = CocoDataset(COCO / "annotations.json", COCO, hflip_prob=0.5)
     loader = build_data_loader(ds, batch_size=2, workers=2, seed=5)
+    loader.timeout = 60  # a worker that never answers fails the test instead of hanging it
 
-    def epoch_boxes(epoch: int) -> list[list[list[float]]]:
+    plain = CocoDataset(COCO / "annotations.json", COCO)  # never flipped
+    upright: dict[int, torch.Tensor] = {}
+    mirrored: dict[int, torch.Tensor] = {}
+    for k in range(len(plain)):
+        image, target = plain[k]
+        w = image.shape[-1]
+        boxes = target["boxes"]
+        upright[int(target["image_id"])] = boxes
+        mirrored[int(target["image_id"])] = torch.stack(
+            [w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1
+        )
+
+    def epoch_boxes(epoch: int) -> list[tuple[int, list[list[float]]]]:
         set_epoch(loader, epoch)
         out = []
         for images, targets in loader:
             assert len(images) == len(targets) == 2
-            out += [t["boxes"].tolist() for t in targets]
+            out += [(int(t["image_id"]), t["boxes"].tolist()) for t in targets]
         return out
 
-    first = epoch_boxes(3)
-    assert epoch_boxes(3) == first  # same epoch, same data and flips
+    def flipped(items: list[tuple[int, list[list[float]]]]) -> dict[int, bool]:
+        """image id -> whether the loader gave it mirrored (each item is one or the other)."""
+        out = {}
+        for image_id, boxes in items:
+            if not boxes:  # an image without boxes (id 4) shows no flip
+                continue
+            b = torch.tensor(boxes)
+            is_upright = torch.allclose(b, upright[image_id])
+            is_mirrored = torch.allclose(b, mirrored[image_id])
+            assert is_upright != is_mirrored, (image_id, boxes)
+            out[image_id] = is_mirrored
+        return out
+
+    # Three passes (each starts two worker processes): epochs 3 and 4, and 3 again.
+    epochs = {epoch: epoch_boxes(epoch) for epoch in (3, 4)}
+    assert epoch_boxes(3) == epochs[3]  # same epoch, same data and flips
+    # Flips happen and are drawn anew each epoch: some image is flipped in one epoch and not in
+    # the other (the seed is fixed, so the outcome is too).
+    states = [flipped(items) for items in epochs.values()]
+    draws = [v for s in states for v in s.values()]
+    assert any(draws) and not all(draws), states
+    assert any(s[i] != t[i] for s in states for t in states for i in s.keys() & t.keys()), states

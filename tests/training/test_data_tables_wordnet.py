@@ -1,7 +1,7 @@
 """The COCO→synset table names real WordNet 3.0 synsets.
 
-Needs the WordNet database of the Debian package ``wordnet-base`` (/usr/share/wordnet);
-skipped where it is not installed.
+Needs the WordNet database of the Debian package ``wordnet-base`` (/usr/share/wordnet), which
+``make system-deps`` (part of ``make test``) installs; skipped, saying so, where it is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from training.class_tables import coco_classes
 WORDNET = Path("/usr/share/wordnet")
 
 
-@pytest.mark.skipif(not (WORDNET / "index.noun").is_file(), reason="wordnet-base not installed")
+@pytest.mark.skipif(
+    not (WORDNET / "index.noun").is_file(),
+    reason="wordnet-base not installed: run `make system-deps` (or apt-get install wordnet-base)",
+)
 def test_every_synset_exists_in_wordnet() -> None:
     senses: dict[str, int] = {}
     for line in (WORDNET / "index.noun").read_text(encoding="latin-1").splitlines():

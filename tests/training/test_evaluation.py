@@ -286,6 +286,52 @@ def test_evaluate_runs_the_model_in_eval_and_inference_mode(coco_gt: COCO) -> No
     assert set(box_only) == {"bbox"}
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.3])
+def test_one_mask_rule_for_evaluation_and_service(threshold: float) -> None:
+    """A probability equal to the threshold is background in ``maskx evaluate`` and in the
+    service alike (Detectron's and torchvision's ``>``); one above it is foreground."""
+    from service.contract import ModelMetadata
+    from service.postprocess import SegmentParams, binarise_mask, postprocess_detections
+    from service.runtime import RawDetections
+    from service.testing import default_metadata
+
+    at = np.float32(threshold)
+    above = np.nextafter(at, np.float32(1))
+    row = np.array([at, above], dtype=np.float32)
+    assert binarise_mask(row, threshold).tolist() == [False, True]
+
+    # Evaluation: the left half exactly at the threshold, the right half one float above.
+    probs = np.full((1, 1, H, W), at, dtype=np.float32)
+    probs[..., W // 2 :] = above
+    pred = {"image_id": 1, "boxes": np.array([[0.0, 0.0, W, H]]), "labels": np.array([1]),
+            "scores": np.array([0.9]), "masks": probs}  # fmt: skip
+    (result,) = predictions_to_coco_results([pred], StandInVocab(), threshold)
+    decoded = mask_utils.decode(result["segmentation"])
+    assert decoded[:, : W // 2].sum() == 0 and decoded[:, W // 2 :].all()
+
+    # Service: a box-local mask at the threshold everywhere pastes to nothing. (Pasting
+    # interpolates; only 0 stays exactly 0, so the uniform case is checked at threshold 0.)
+    info = ModelMetadata.from_dict(default_metadata())
+
+    def served(value: float) -> np.ndarray:
+        raw = RawDetections(
+            boxes=np.array([[8.0, 8.0, 40.0, 40.0]], dtype=np.float32),
+            scores=np.array([0.9], dtype=np.float32), labels=np.array([1]),
+            batch_index=np.array([0]),
+            mask_probs=np.full((1, 28, 28), value, dtype=np.float32),
+        )  # fmt: skip
+        params = SegmentParams(score_threshold=0.0, mask_threshold=threshold)
+        (det,) = postprocess_detections(
+            raw, input_size=(48, 48), image_size=(48, 48), info=info, params=params
+        )
+        return mask_utils.decode(det.mask)
+
+    if threshold == 0.0:
+        assert served(0.0).sum() == 0  # not the whole expanded box
+    inside = served(1.0)
+    assert inside[12:36, 12:36].all() and inside.sum() < 48 * 48
+
+
 def test_write_metrics_json_is_atomic_and_plain(tmp_path: Path) -> None:
     path = tmp_path / "run" / "metrics.json"
     metrics = {"segm": {"B": {"AP": np.float64(0.25), "APl": None}}, "steps": np.int64(3)}
@@ -297,6 +343,30 @@ def test_write_metrics_json_is_atomic_and_plain(tmp_path: Path) -> None:
         write_metrics_json({"bad": object()}, path)
     assert json.loads(path.read_text()) == {"x": 1}  # a failed write leaves the old file
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_write_metrics_json_interrupted_mid_file_leaves_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write itself fails half-way (a full disk): the previous file is intact, no half
+    file and no temporary file is left (the TypeError case above fails before any file opens)."""
+    path = tmp_path / "metrics.json"
+    write_metrics_json({"old": 1}, path)
+    real_write_text = Path.write_text
+    written: list[Path] = []
+
+    def half_then_full_disk(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        written.append(self)
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_metrics_json({"new": list(range(100))}, path)
+    monkeypatch.undo()
+    assert written and written[0] != path  # the bytes went to a file beside it, not over it
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_metrics_table_shows_subsets_with_nothing_to_score_as_dashes() -> None:

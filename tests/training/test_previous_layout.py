@@ -56,6 +56,19 @@ def test_previous_checkpoint_loads_and_predicts() -> None:
     with torch.no_grad():
         out = model([torch.from_numpy(_image()).permute(2, 0, 1).float() / 255])[0]
     assert set(out) >= {"boxes", "labels", "scores", "masks"}
+    # What it predicts is what it predicted then: the ONNX file the previous layout exported
+    # from this checkpoint is the reference, per image, at the export's own tolerances.
+    from training.export.onnx_export import eager_reference
+
+    for seed in (0, 1):
+        image = _image(seed)
+        ref = eager_reference(model, [torch.from_numpy(image).permute(2, 0, 1).contiguous()])[0]
+        old = _run(ONNX, image)
+        assert ref["labels"].shape[0] == old["labels"].shape[0] > 0, seed
+        np.testing.assert_array_equal(ref["labels"].numpy(), old["labels"])
+        np.testing.assert_allclose(ref["boxes"].numpy(), old["boxes"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(ref["scores"].numpy(), old["scores"], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(ref["mask_probs"].numpy(), old["mask_probs"], rtol=0, atol=1e-3)
 
 
 def test_previous_checkpoint_exports_to_the_graph_the_previous_exporter_wrote(
