@@ -390,8 +390,12 @@ def main(args: argparse.Namespace) -> int:
     for name, k in ((full, args.classes), (cut, args.cut)):
         vocab = vocabulary(out / f"classes_k{k}.json", k)
         ckpt = out / f"r{args.depth}_k{k}.pt"
+        # A = the COCO classes in both models (the importer's default for K = 3001 only).
+        mask_classes = out / "mask_classes.txt"
+        mask_classes.write_text("".join(f"{n}\n" for n in COCO_NAMES[: min(80, args.cut - 1)]))
         step = run_step(["import-detectron", str(files[name]), "--classes", str(vocab),
-                         "--out", str(ckpt), "--name", f"seg-every-thing-r{args.depth}-k{k}"])  # fmt: skip
+                         "--out", str(ckpt), "--name", f"seg-every-thing-r{args.depth}-k{k}",
+                         "--mask-classes", str(mask_classes)])  # fmt: skip
         figures[name]["import"] = step.__dict__
         bar.update(1)
         onnx_files[name] = out / f"r{args.depth}_k{k}.onnx"
