@@ -69,6 +69,15 @@ class Admission:
         """Count one body being read from ``client`` (an address; None: unknown, not counted)
         for the duration of the block, or refuse it: 429 ``client_busy`` when that client
         already has ``max_uploads_per_client`` bodies on their way (0: no limit)."""
+        self.metrics.uploading.inc()
+        try:
+            with self._per_client(client):
+                yield
+        finally:
+            self.metrics.uploading.dec()
+
+    @contextmanager
+    def _per_client(self, client: str | None) -> Iterator[None]:
         if client is None or self.max_uploads_per_client == 0:
             yield
             return

@@ -94,6 +94,11 @@ class ServiceMetrics:
         self.in_flight = Gauge(
             "maskx_in_flight_requests", "POST /segment requests being handled.", registry=r
         )
+        self.uploading = Gauge(
+            "maskx_uploading_requests",
+            "POST /segment requests whose body is still being received (not yet in flight).",
+            registry=r,
+        )
         self.in_flight_capacity = Gauge(
             "maskx_in_flight_capacity",
             "Most POST /segment requests admitted at once (MASKX_MAX_IN_FLIGHT).",

@@ -182,9 +182,10 @@ def test_docker_stop_drains_an_in_flight_request(image: str, model_dir: Path) ->
         thread = threading.Thread(target=send)
         thread.start()
         deadline = time.monotonic() + 30
-        while "maskx_in_flight_requests 1.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
+        # Its body is still arriving: it counts as uploading, not yet as in flight.
+        while "maskx_uploading_requests 1.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
             assert thread.is_alive(), f"the request ended before the stop: {result}"
-            assert time.monotonic() < deadline, "the request never showed as in flight"
+            assert time.monotonic() < deadline, "the request never showed as uploading"
             time.sleep(0.05)
         started = time.monotonic()
         stop = subprocess.Popen(

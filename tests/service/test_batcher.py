@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -256,7 +257,7 @@ def test_a_job_whose_caller_gave_up_is_not_run() -> None:
     assert rt.calls == [1, 1]  # the second call is `kept`'s alone
 
 
-def test_a_runtime_returning_the_wrong_number_of_results_fails_the_batch() -> None:
+def test_a_runtime_returning_the_wrong_number_of_results_fails_the_batch(caplog) -> None:
     rt = FakeRuntime()
 
     def one_result_short(images: list[PreparedImage]) -> list:
@@ -273,11 +274,14 @@ def test_a_runtime_returning_the_wrong_number_of_results_fails_the_batch() -> No
         await b.drain()
         return outs
 
-    outs = asyncio.run(scenario())
+    with caplog.at_level(logging.ERROR, logger="maskx.service"):
+        outs = asyncio.run(scenario())
     assert rt.calls == [2]
     for out in outs:
         assert isinstance(out, ServiceError) and out.code == "inference_failed"
-        assert "returned 1 results for 2" in out.message
+        # The client gets the generic text; the cause is in the server log only.
+        assert "returned 1 results" not in out.message and "server log" in out.message
+    assert "runtime returned 1 results for 2" in caplog.text
 
 
 def test_drain_gives_up_after_its_timeout_and_refuses_what_is_still_queued() -> None:

@@ -66,6 +66,9 @@ def test_trickling_bodies_hold_no_admission_slot(loopback_aliases: None) -> None
             time.sleep(0.3)  # every body is being read now
             assert live.app.state.worker.admission.admitted == 0
             assert sum(live.app.state.worker.admission.uploads.values()) == 8
+            metrics = httpx.get(live.url + "/metrics").text
+            assert "maskx_uploading_requests 8.0" in metrics  # an operator sees them
+            assert "maskx_in_flight_requests 0.0" in metrics
             for _ in range(3):
                 t = time.perf_counter()
                 r = _post(live.url)
