@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pydantic import SecretStr
 
+from service import app as app_module
 from service.app import create_app
 from service.schemas import ErrorResponse, ModelDescription, SegmentResponse
 from service.settings import Settings
@@ -253,9 +254,7 @@ def test_demo_routes_stay_out_of_the_schema(
     assert "<title>maskx" in r.text
     assert "/" not in client.get("/openapi.json").json()["paths"]
     # An install without the static folder redirects `/` to the API docs instead.
-    import service.app
-
-    monkeypatch.setattr(service.app, "STATIC_DIR", tmp_path / "no-static")
+    monkeypatch.setattr(app_module, "STATIC_DIR", tmp_path / "no-static")
     with TestClient(create_app(settings)) as bare:
         r = bare.get("/", follow_redirects=False)
         assert r.status_code == 307 and r.headers["location"] == "/docs"

@@ -95,14 +95,15 @@ def test_client_dropping_mid_upload_counts_499_and_no_500(
         for dropped in range(1, 4):
             with socket.create_connection((HOST, _port(live.url)), timeout=5) as sock:
                 sock.sendall(_headers(100_000) + b"\xff\xd8" + b"x" * 1000)
-                # admitted (before its body is read): the server is reading the body now
+                # the server is reading its body now (it takes an in-flight slot only once read)
                 assert _wait_for(
-                    lambda: _metric(_scrape(live.url), "maskx_in_flight_requests") == 1
+                    lambda: _metric(_scrape(live.url), "maskx_uploading_requests") == 1
                 )
             assert _wait_for(
                 lambda n=dropped: (
                     _metric(_scrape(live.url), "maskx_requests_total", route="/segment",
                             status="499") == n
+                    and _metric(_scrape(live.url), "maskx_uploading_requests") == 0
                     and _metric(_scrape(live.url), "maskx_in_flight_requests") == 0
                 )
             )  # fmt: skip
