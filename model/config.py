@@ -20,6 +20,8 @@ ANCHOR_STYLES = ("torchvision", "detectron")
 BOX_CONVENTIONS = ("continuous", "legacy")
 RESIZE_RULES = ("floor", "detectron")
 MASK_PASTES = ("maskx", "detectron")
+MASK_TRAIN_ROIS = ("proposals", "gt")
+MASK_HEAD_ARCHS = ("fcn", "resnet")
 
 
 class ConfigError(ValueError):
@@ -112,7 +114,18 @@ class ModelConfig:
 
     # --- mask branch --------------------------------------------------------------------------
     mask_head_dim: int = 256
+    """Width of the mask head (channels of every layer; ``resnet``: of every block)."""
     mask_head_layers: int = 4
+    """3×3 convs of the mask head (``fcn``: that many conv + ReLU layers; ``resnet``: that many
+    convs in basic residual blocks of two, so an even number)."""
+    mask_head_arch: str = "fcn"
+    """``fcn``: Mask R-CNN's stack of 3×3 convs (torchvision's ``MaskRCNNHeads``); ``resnet``: a
+    1×1 input projection and ``mask_head_layers / 2`` basic residual blocks (Deep-MARC's
+    ``resnetN`` mask networks, GroupNorm instead of BatchNorm)."""
+    mask_train_rois: str = "proposals"
+    """RoIs the mask loss is computed on: ``proposals`` (Mask R-CNN: foreground proposals matched
+    to an instance with a mask) or ``gt`` (Deep-MARC: the ground-truth boxes of the instances
+    with a mask, and nothing else). Inference always uses the detections."""
     mask_predictor: str = "transfer"
     transfer_input: str = "cls+box"
     """τ's input: w_det (``cls``, ``box``, ``cls+box``) or, as controls, a fixed ``random``
@@ -152,6 +165,17 @@ class ModelConfig:
         _choice("box_convention", self.box_convention, BOX_CONVENTIONS)
         _choice("resize_rule", self.resize_rule, RESIZE_RULES)
         _choice("mask_paste", self.mask_paste, MASK_PASTES)
+        _choice("mask_head_arch", self.mask_head_arch, MASK_HEAD_ARCHS)
+        _choice("mask_train_rois", self.mask_train_rois, MASK_TRAIN_ROIS)
+        if self.mask_head_arch == "resnet" and (
+            not isinstance(self.mask_head_layers, int)
+            or self.mask_head_layers < 2
+            or self.mask_head_layers % 2
+        ):
+            raise ConfigError(
+                "mask_head_arch='resnet' builds blocks of two 3x3 convs: mask_head_layers must "
+                f"be an even integer >= 2, got {self.mask_head_layers!r}"
+            )
         if not isinstance(self.rpn_min_size, (int, float)) or not self.rpn_min_size >= 0:
             raise ConfigError(f"rpn_min_size must be a number >= 0, got {self.rpn_min_size!r}")
         if not isinstance(self.clip_proposals_to_padded, bool):

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads
+from torchvision.models.detection.mask_rcnn import MaskRCNN
 
 from .anchors import DetectronAnchorGenerator
 from .backbones import build_backbone
 from .boxes import CONTINUOUS
 from .config import ConfigError, ModelConfig
+from .mask_heads import build_mask_head
 from .pooling import MaskXRoIAlign
 from .predictors import (
     ClassAgnosticMaskPredictor,
@@ -51,6 +52,8 @@ class MaskXRCNN(MaskRCNN):
         rpn_min_size: the RPN drops proposals narrower or lower than this (input pixels).
         clip_proposals_to_padded: clip proposals to the padded image (Detectron), not the
             valid region.
+        mask_train_rois: ``proposals`` or ``gt``, the RoIs of the mask loss
+            (:class:`MaskXRoIHeads`).
         **kwargs: every other ``torchvision.models.detection.MaskRCNN`` argument.
 
     Inputs (as torchvision): ``images`` a list of float [3, H, W] in 0..1; in training,
@@ -75,6 +78,7 @@ class MaskXRCNN(MaskRCNN):
         box_convention: str = CONTINUOUS,
         rpn_min_size: float = 1e-3,
         clip_proposals_to_padded: bool = False,
+        mask_train_rois: str = "proposals",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -102,6 +106,7 @@ class MaskXRCNN(MaskRCNN):
             mask_predictor=old.mask_predictor,
             candidates_per_img=candidates_per_img,
             box_convention=box_convention,
+            mask_train_rois=mask_train_rois,
         )
         self.roi_heads = heads
         rpn = self.rpn
@@ -186,7 +191,8 @@ def fixed_class_vectors(cfg: ModelConfig) -> torch.Tensor | None:
 def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None) -> dict[str, Any]:
     """The arguments of torchvision's ``MaskRCNN`` that ``cfg`` describes: the backbone, the
     transform's sizes and normalisation, the RPN (anchors of ``cfg.anchor_style``), the RoI
-    pools (in ``cfg.box_convention``), and the box and mask *heads*.
+    pools (in ``cfg.box_convention``), and the box and mask *heads* (the mask head of
+    ``cfg.mask_head_arch``, :func:`model.mask_heads.build_mask_head`).
 
     The predictors are the caller's: :func:`build_model` adds the Mask^X ones, a benchmark or a
     parity test adds torchvision's ``FastRCNNPredictor``/``MaskRCNNPredictor`` to the very same
@@ -241,14 +247,15 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
         "box_batch_size_per_image": cfg.box_batch_size_per_image,
         "box_positive_fraction": cfg.box_positive_fraction,
         "mask_roi_pool": MaskXRoIAlign(names, 14, 2, box_convention=cfg.box_convention),
-        "mask_head": MaskRCNNHeads(c, (cfg.mask_head_dim,) * cfg.mask_head_layers, 1),
+        "mask_head": build_mask_head(cfg, c),
     }
 
 
 def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> MaskXRCNN:
     """Build a Mask^X R-CNN from a config: :func:`mask_rcnn_arguments` plus the class-specific
     box predictor, the mask predictor ``cfg.mask_predictor`` names, the candidate cap and the
-    inference conventions (``box_convention``, ``rpn_min_size``, ``clip_proposals_to_padded``).
+    inference conventions (``box_convention``, ``rpn_min_size``, ``clip_proposals_to_padded``)
+    and the RoIs of the mask loss (``mask_train_rois``).
 
     Args:
         cfg: the model configuration (validated on construction).
@@ -263,5 +270,6 @@ def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> Mas
         box_convention=cfg.box_convention,
         rpn_min_size=cfg.rpn_min_size,
         clip_proposals_to_padded=cfg.clip_proposals_to_padded,
+        mask_train_rois=cfg.mask_train_rois,
         **mask_rcnn_arguments(cfg, backbone_weights=backbone_weights),
     )

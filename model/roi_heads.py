@@ -4,7 +4,8 @@ mask branch whose cost does not grow with the number of classes K.
 Differences from torchvision, all deliberate:
 
 * targets may carry masks for some instances only (``has_mask``) or none at all;
-* the mask loss uses only foreground RoIs matched to instances with masks (``partial_mask_loss``);
+* the mask loss uses only foreground RoIs matched to instances with masks (``partial_mask_loss``),
+  or, with ``mask_train_rois="gt"`` (Deep-MARC), only the ground-truth boxes of those instances;
 * the mask predictor computes only each RoI's own class channel, and the box predictor regresses
   only the needed class (training: ground truth; inference: the candidates that pass the score
   threshold), so neither ``[N, K, M, M]`` nor ``[R, 4(K+1)]`` is ever built;
@@ -22,6 +23,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from .boxes import CONTINUOUS, check_box_convention
+from .config import MASK_TRAIN_ROIS
 from .losses import box_losses, partial_mask_loss
 from .postprocess import select_detections
 from .predictors import ClassSpecificBoxPredictor, MaskPredictor
@@ -31,7 +33,10 @@ class MaskXRoIHeads(RoIHeads):
     """Box and mask heads with partial supervision.
 
     Constructed like torchvision's ``RoIHeads`` (plus ``candidates_per_img`` and
-    ``box_convention``, see :func:`model.postprocess.select_detections`); requires a
+    ``box_convention``, see :func:`model.postprocess.select_detections`, and
+    ``mask_train_rois``: ``proposals``, Mask R-CNN's foreground proposals matched to an
+    instance with a mask, or ``gt``, the ground-truth boxes of the instances with a mask, as
+    Deep-MARC trains its mask head); requires a
     :class:`ClassSpecificBoxPredictor` and a :class:`MaskPredictor`. The RoI poolers carry their
     own box convention (:class:`model.pooling.MaskXRoIAlign`).
 
@@ -48,10 +53,16 @@ class MaskXRoIHeads(RoIHeads):
         *args,
         candidates_per_img: int | None = None,
         box_convention: str = CONTINUOUS,
+        mask_train_rois: str = "proposals",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         check_box_convention(box_convention)
+        if mask_train_rois not in MASK_TRAIN_ROIS:
+            raise ValueError(
+                f"mask_train_rois must be one of {list(MASK_TRAIN_ROIS)}, got {mask_train_rois!r}"
+            )
+        self.mask_train_rois = mask_train_rois
         if not isinstance(self.box_predictor, ClassSpecificBoxPredictor):
             raise TypeError(
                 "box_predictor must be a ClassSpecificBoxPredictor, "
@@ -120,7 +131,45 @@ class MaskXRoIHeads(RoIHeads):
             class_logits, pos_deltas, all_labels, torch.cat(regression_targets)
         )
 
-        # Mask RoIs: foreground proposals whose matched instance has a mask (class in A).
+        if self.mask_train_rois == "gt":
+            mask_proposals, mask_matched_idxs, mask_labels, gt_masks = self.gt_mask_rois(targets)
+        else:
+            mask_proposals, mask_matched_idxs, mask_labels, gt_masks = self.proposal_mask_rois(
+                proposals, matched_idxs, labels, targets
+            )
+        mask_features = self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
+        mask_logits = self.mask_predictor(mask_features, torch.cat(mask_labels), self.box_predictor)
+        loss_mask = partial_mask_loss(mask_logits, mask_proposals, gt_masks, mask_matched_idxs)
+        return {
+            "loss_classifier": loss_classifier,
+            "loss_box_reg": loss_box_reg,
+            "loss_mask": loss_mask,
+        }
+
+    def gt_mask_rois(
+        self, targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
+        """Mask RoIs of ``mask_train_rois="gt"``: per image, the ground-truth boxes [P_i, 4] of
+        the instances with a mask, their instance indices int64 [P_i], their labels int64
+        [P_i] and the image's masks (or None). No proposal enters the mask loss."""
+        rois, idxs, labels, masks = [], [], [], []
+        for target in targets:
+            keep = torch.where(self.instance_has_mask(target))[0]
+            rois.append(target["boxes"][keep])
+            idxs.append(keep)
+            labels.append(target["labels"][keep])
+            masks.append(target.get("masks"))
+        return rois, idxs, labels, masks
+
+    def proposal_mask_rois(
+        self,
+        proposals: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        targets: list[dict[str, Tensor]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
+        """Mask RoIs of ``mask_train_rois="proposals"`` (Mask R-CNN): the sampled foreground
+        proposals whose matched instance has a mask; same return as :meth:`gt_mask_rois`."""
         mask_proposals, mask_matched_idxs, mask_labels, gt_masks = [], [], [], []
         for props, idxs, labs, target in zip(proposals, matched_idxs, labels, targets, strict=True):
             has_mask = self.instance_has_mask(target)
@@ -133,15 +182,7 @@ class MaskXRoIHeads(RoIHeads):
             mask_matched_idxs.append(idxs[keep])
             mask_labels.append(labs[keep])
             gt_masks.append(target.get("masks"))
-
-        mask_features = self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
-        mask_logits = self.mask_predictor(mask_features, torch.cat(mask_labels), self.box_predictor)
-        loss_mask = partial_mask_loss(mask_logits, mask_proposals, gt_masks, mask_matched_idxs)
-        return {
-            "loss_classifier": loss_classifier,
-            "loss_box_reg": loss_box_reg,
-            "loss_mask": loss_mask,
-        }
+        return mask_proposals, mask_matched_idxs, mask_labels, gt_masks
 
     # ----------------------------------------------------------------------------- inference
     def _forward_inference(

@@ -11,6 +11,7 @@ import importlib
 
 BENCHMARKS: dict[str, str] = {
     "heads": "mask-head K-scaling and Mask^X vs torchvision train step",
+    "mask_heads": "cost of Deep-MARC's mask heads and gt-box training beside today's head",
     "export": "ONNX Runtime (CPU) vs eager PyTorch latency and file size",
     "service": "HTTP latency/throughput at concurrency 1/4/16 vs bare ONNX Runtime",
     "postprocess": "box-local paste+RLE vs torchvision paste_masks_in_image + pycocotools",

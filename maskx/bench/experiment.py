@@ -15,6 +15,11 @@ variant                  what changes from ``configs/experiment_synth.yaml``
 ``oracle``               class-specific mask predictor + MLP with masks for all classes
 =======================  =====================================================================
 
+``--deep-marc`` runs Deep-MARC's comparison instead (``DEEP_MARC_VARIANTS``): class-agnostic +
+MLP with the mask loss on ground-truth boxes (``model.mask_train_rois=gt``), then also a ResNet
+mask head of 4 and 8 convs (``model.mask_head_arch=resnet``); transfer + MLP with gt boxes;
+transfer + gt boxes + ResNet-8; beside class-agnostic + MLP, transfer + MLP and the oracle.
+
 Layout of ``--out``::
 
     data/                     the generated synthetic set (unless --data-root is given)
@@ -130,6 +135,44 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
 }
+# Deep-MARC (Birodkar et al., ICCV 2021): the mask loss on ground-truth boxes only, then a
+# deeper ResNet mask head (Deep-MARC's resnet4 / resnet8: 4 / 8 3x3 convs in basic blocks, at
+# the preset's mask_head_dim). Beside class-agnostic + MLP, transfer + MLP and the oracle.
+_GT = "model.mask_train_rois=gt"
+
+
+def _resnet(layers: int) -> tuple[str, str]:
+    return ("model.mask_head_arch=resnet", f"model.mask_head_layers={layers}")
+
+
+VARIANTS.update(
+    {
+        "agnostic_mlp_gt": (
+            "class-agnostic + MLP + gt",
+            (*VARIANTS["agnostic_mlp"][1], _GT),
+        ),
+        "agnostic_mlp_gt_resnet4": (
+            "class-agnostic + MLP + gt + ResNet-4",
+            (*VARIANTS["agnostic_mlp"][1], _GT, *_resnet(4)),
+        ),
+        "agnostic_mlp_gt_resnet8": (
+            "class-agnostic + MLP + gt + ResNet-8",
+            (*VARIANTS["agnostic_mlp"][1], _GT, *_resnet(8)),
+        ),
+        "transfer_mlp_gt": (
+            "transfer + MLP + gt",
+            (*VARIANTS["transfer_mlp"][1], _GT),
+        ),
+        "transfer_gt_resnet8": (
+            "transfer + gt + ResNet-8",
+            (*VARIANTS["transfer"][1], _GT, *_resnet(8)),
+        ),
+    }
+)
+# The Deep-MARC comparison (`--deep-marc`), in the order the runs start.
+DEEP_MARC_VARIANTS = ("agnostic_mlp", "oracle", "agnostic_mlp_gt", "agnostic_mlp_gt_resnet4",
+                      "agnostic_mlp_gt_resnet8", "transfer_mlp", "transfer_mlp_gt",
+                      "transfer_gt_resnet8")  # fmt: skip
 # The A/B runs that start from pretrain_c: a base variant's overrides plus the parts it takes.
 VARIANTS.update(
     {
@@ -153,7 +196,9 @@ VARIANTS.update(
 STEPS = ("stage1", "pretrain_c")
 # Display order (table, chart): baselines, Mask^X variants, controls, stage-wise, oracle.
 DISPLAY_ORDER = (
-    "agnostic", "agnostic_mlp", "transfer", "transfer_mlp", "transfer_mlp_nostop",
+    "agnostic", "agnostic_mlp", "agnostic_mlp_gt", "agnostic_mlp_gt_resnet4",
+    "agnostic_mlp_gt_resnet8", "transfer", "transfer_mlp", "transfer_mlp_gt",
+    "transfer_gt_resnet8", "transfer_mlp_nostop",
     "transfer_mlp_torch_init", "random_tau", "attribute_tau", "stage1", "stagewise_agnostic_mlp", "stagewise_transfer_mlp",
     "pretrain_c", "pretrained_agnostic_mlp", "pretrained_transfer", "pretrained_transfer_mlp",
     "pretrained_head_agnostic_mlp", "pretrained_head_transfer", "pretrained_head_transfer_mlp",
@@ -185,6 +230,9 @@ GAP_SHARES = {
         "pretrained_transfer", "pretrained_agnostic_mlp", "pretrained_oracle"),
     "pretrained_random_tau_vs_pretrained_agnostic_mlp": (
         "pretrained_random_tau", "pretrained_agnostic_mlp", "pretrained_oracle"),
+    **{f"{v}_vs_agnostic_mlp": (v, "agnostic_mlp", "oracle")
+       for v in ("agnostic_mlp_gt", "agnostic_mlp_gt_resnet4", "agnostic_mlp_gt_resnet8",
+                 "transfer_mlp_gt", "transfer_gt_resnet8")},
 }  # fmt: skip
 # The variants of each preset when --variants is not given.
 PRESET_VARIANTS = {
@@ -242,6 +290,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"variants ({', '.join(PRETRAINED_VARIANTS)}): a Mask R-CNN "
                              "trained on a disjoint class set C, its backbone (and mask head) "
                              "the start of the A/B runs")  # fmt: skip
+    parser.add_argument("--deep-marc", action="store_true",
+                        help="run Deep-MARC's mask-head comparison instead of the preset's "
+                             f"variants ({', '.join(DEEP_MARC_VARIANTS)}): the mask loss on "
+                             "ground-truth boxes, ResNet mask heads, beside transfer")  # fmt: skip
     parser.add_argument("--steps", type=int,
                         help="solver.max_iter of every run (LR steps scale with it)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, help="solver.batch_size of every run")
@@ -368,7 +420,8 @@ def check_finished_run(run: Run, expected: dict[str, Any]) -> None:
     fields = [("solver", k) for k in expected["solver"]]
     fields += [("model", k) for k in ("mask_predictor", "mlp", "stop_gradient", "mlp_input_size",
                                       "backbone", "min_size", "box_score_thresh",
-                                      "transfer_input", "head_init")]  # fmt: skip
+                                      "transfer_input", "head_init", "mask_train_rois",
+                                      "mask_head_arch", "mask_head_layers")]  # fmt: skip
     fields += [("data", "mask_classes"), ("train", "seed"), ("train", "scheme")]
     diff = {
         f"{sec}.{key}": (have.get(sec, {}).get(key), expected[sec][key])
@@ -898,6 +951,8 @@ def main(args: argparse.Namespace) -> int:
     args.config = args.config or PRESET_CONFIG[args.preset]
     if args.generic_features_first:
         args.variants = [*PRETRAINED_VARIANTS, *(args.variants or [])]
+    if args.deep_marc:
+        args.variants = [*DEEP_MARC_VARIANTS, *(args.variants or [])]
     args.variants = list(dict.fromkeys(args.variants or PRESET_VARIANTS[args.preset]))
     data = dict(HUE_DATA if hue else FULL_DATA)
     if args.quick:

@@ -48,15 +48,18 @@ def test_every_variant_builds_a_valid_config() -> None:
         m = cfg.model
         seen.add((m.mask_predictor, m.mlp, m.stop_gradient, cfg.data.mask_classes,
                   m.transfer_input, m.head_init, cfg.train.scheme, cfg.train.init_parts,
-                  cfg.data.root))  # fmt: skip
+                  cfg.data.root, m.mask_train_rois, m.mask_head_arch, m.mask_head_layers))  # fmt: skip
         # Identical budget: the variants may only touch the mask predictor, τ's input, the
         # head init, the mask set, the scheme and the checkpoint they start from; only the
         # pretraining step trains on other data (the disjoint set C).
         allowed = {
             "model.mask_predictor", "model.mlp", "model.stop_gradient", "data.mask_classes",
             "model.transfer_input", "model.class_vectors", "model.head_init", "train.scheme",
-            "train.init_checkpoint", "train.init_parts",
+            "train.init_checkpoint", "train.init_parts", "model.mask_train_rois",
+            "model.mask_head_arch", "model.mask_head_layers",
         }  # fmt: skip
+        # The mask head's width and every other field stay the preset's.
+        assert m.mask_head_dim == 64, name
         if name == "pretrain_c":
             allowed.add("data.root")
             assert cfg.data.root == "/o/data_c" and cfg.data.mask_classes == "all"
@@ -343,3 +346,37 @@ def test_pretraining_on_shapes_with_a_data_root_is_refused(tmp_path: Path, capsy
             "pretrain_c", "pretrained_agnostic_mlp", "--no-train"]  # fmt: skip
     assert experiment.main(parse(argv)) == 2
     assert "--data-root" in capsys.readouterr().err
+
+
+def test_deep_marc_variants_smoke(tmp_path: Path) -> None:
+    """``--deep-marc`` on the hue preset in seconds: the eight variants train and are gathered,
+    each run's config holds its mask RoIs and head, the gap shares against class-agnostic + MLP
+    are reported, and a finished run of another head is refused."""
+    pytest.importorskip("torchvision")
+    out = tmp_path / "dm"
+    argv = ["--preset", "hue_ring", "--quick", "--deep-marc", "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--images", "6", "--val-images", "3", "--jobs", "1"]  # fmt: skip
+    assert experiment.main(parse(argv)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in results["runs"]} == set(experiment.DEEP_MARC_VARIANTS)
+    assert results["missing_runs"] == []
+    import yaml
+
+    def model_cfg(variant: str) -> dict:
+        return yaml.safe_load((out / variant / "seed0" / "config.yaml").read_text())["model"]
+
+    assert model_cfg("agnostic_mlp")["mask_train_rois"] == "proposals"
+    assert model_cfg("agnostic_mlp")["mask_head_arch"] == "fcn"
+    deep = model_cfg("agnostic_mlp_gt_resnet8")
+    assert (deep["mask_train_rois"], deep["mask_head_arch"], deep["mask_head_layers"]) == (
+        "gt", "resnet", 8)  # fmt: skip
+    t = model_cfg("transfer_gt_resnet8")
+    assert (t["mask_predictor"], t["mlp"], t["mask_head_layers"]) == ("transfer", False, 8)
+    assert model_cfg("agnostic_mlp_gt_resnet4")["mask_head_dim"] == model_cfg("oracle")[
+        "mask_head_dim"]  # fmt: skip
+    assert "agnostic_mlp_gt_resnet8_vs_agnostic_mlp" in results["gap_share_mask_AP_B"]
+    # A finished fcn run is not reused for a ResNet head.
+    (out / "agnostic_mlp_gt" / "seed0" / "config.yaml").write_text(
+        (out / "agnostic_mlp_gt" / "seed0" / "config.yaml").read_text().replace(
+            "mask_head_arch: fcn", "mask_head_arch: resnet"))  # fmt: skip
+    assert experiment.main(parse(argv)) == 2
