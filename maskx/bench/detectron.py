@@ -21,7 +21,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -285,29 +284,18 @@ def test_image(size: int, seed: int) -> bytes:
 
 
 def start_worker(model: Path) -> tuple[subprocess.Popen, str]:
-    """``maskx serve`` of ``model`` on a free loopback port, once ``/readyz`` answers 200."""
-    import httpx
+    """``maskx serve`` of ``model`` on a free loopback port, once ``/readyz`` answers 200
+    (no warm-up: the first, untimed request of :func:`serve_side_by_side` is it)."""
+    from maskx.bench.service import _free_port, wait_ready
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     cmd = [sys.executable, "-m", "maskx.cli", "serve", "--model", str(model), "--host",
            "127.0.0.1", "--port", str(port), "--no-warmup", "--request-timeout-s", "600",
            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
-    until = time.monotonic() + 600
-    while time.monotonic() < until:
-        if proc.poll() is not None:
-            raise SystemExit(f"maskx serve exited with {proc.returncode}: {' '.join(cmd)}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"{url}/readyz did not turn ready in 600 s")
+    wait_ready(proc, url, cmd, timeout_s=600)  # a 1-GB graph loads in tens of seconds
+    return proc, url
 
 
 def serve_side_by_side(models: dict[str, Path], image: bytes, requests: int) -> dict[str, dict]:

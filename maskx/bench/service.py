@@ -309,7 +309,6 @@ def _start_server(
     model: Path, args: argparse.Namespace, src: Path | None = None
 ) -> tuple[subprocess.Popen, int]:
     """``maskx serve`` in its own process (from source tree ``src`` when given)."""
-    import httpx
 
     from service.flags import BENCH_FLAGS, setting_values, settings_to_argv
 
@@ -322,19 +321,27 @@ def _start_server(
            "127.0.0.1", "--port", str(port), "--queue-size", str(max(64, args.max_batch_size)),
            *server_flags]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=src)
-    url = f"http://127.0.0.1:{port}"
-    until = time.monotonic() + 120
+    wait_ready(proc, f"http://127.0.0.1:{port}", cmd, timeout_s=120)
+    return proc, port
+
+
+def wait_ready(proc: subprocess.Popen, url: str, cmd: list[str], *, timeout_s: float) -> None:
+    """Poll ``url``/readyz until it answers 200; RuntimeError if the server process exits,
+    TimeoutError (after terminating it) if ``timeout_s`` passes first."""
+    import httpx
+
+    until = time.monotonic() + timeout_s
     while time.monotonic() < until:
         if proc.poll() is not None:
             raise RuntimeError(f"maskx serve exited with {proc.returncode}: {' '.join(cmd)}")
         try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, port
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     proc.terminate()
-    raise TimeoutError(f"{url}/readyz did not turn ready in 120 s")
+    raise TimeoutError(f"{url}/readyz did not turn ready in {timeout_s:g} s")
 
 
 def main(args: argparse.Namespace) -> int:
