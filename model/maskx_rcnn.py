@@ -133,8 +133,14 @@ class MaskXRCNN(MaskRCNN):
         return self.roi_heads.box_predictor.num_classes - 1
 
 
-def build_mask_predictor(cfg: ModelConfig) -> MaskPredictor:
-    """The mask predictor chosen by ``cfg.mask_predictor`` (with the MLP branch if enabled)."""
+def build_mask_predictor(
+    cfg: ModelConfig, *, class_vectors: torch.Tensor | None = None
+) -> MaskPredictor:
+    """The mask predictor chosen by ``cfg.mask_predictor`` (with the MLP branch if enabled).
+
+    ``class_vectors`` [K+1, E]: τ's fixed inputs of the ``random``/``attribute`` controls when
+    they are at hand (a checkpoint's saved buffer), so that ``cfg.class_vectors`` is not read.
+    """
     d = cfg.mask_head_dim
     mlp = MLPMaskBranch(d, cfg.mlp_input_size, cfg.mask_resolution) if cfg.mlp else None
     if cfg.mask_predictor == "class_specific":
@@ -151,7 +157,7 @@ def build_mask_predictor(cfg: ModelConfig) -> MaskPredictor:
         activation=cfg.transfer_activation,
         stop_gradient=cfg.stop_gradient,
         mlp=mlp,
-        class_vectors=fixed_class_vectors(cfg),
+        class_vectors=class_vectors if class_vectors is not None else fixed_class_vectors(cfg),
     )
 
 
@@ -251,7 +257,12 @@ def mask_rcnn_arguments(cfg: ModelConfig, *, backbone_weights: str | None = None
     }
 
 
-def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> MaskXRCNN:
+def build_model(
+    cfg: ModelConfig,
+    *,
+    backbone_weights: str | None = None,
+    class_vectors: torch.Tensor | None = None,
+) -> MaskXRCNN:
     """Build a Mask^X R-CNN from a config: :func:`mask_rcnn_arguments` plus the class-specific
     box predictor, the mask predictor ``cfg.mask_predictor`` names, the candidate cap and the
     inference conventions (``box_convention``, ``rpn_min_size``, ``clip_proposals_to_padded``)
@@ -260,12 +271,14 @@ def build_model(cfg: ModelConfig, *, backbone_weights: str | None = None) -> Mas
     Args:
         cfg: the model configuration (validated on construction).
         backbone_weights: overrides ``cfg.backbone_weights`` (a local state-dict file).
+        class_vectors: τ's fixed inputs [K+1, E] for the controls, instead of reading
+            ``cfg.class_vectors`` (:func:`build_mask_predictor`).
     """
     return MaskXRCNN(
         box_predictor=ClassSpecificBoxPredictor(
             cfg.box_head_dim, cfg.num_classes + 1, init=cfg.head_init
         ),
-        mask_predictor=build_mask_predictor(cfg),
+        mask_predictor=build_mask_predictor(cfg, class_vectors=class_vectors),
         candidates_per_img=cfg.box_candidates_per_img,
         box_convention=cfg.box_convention,
         rpn_min_size=cfg.rpn_min_size,

@@ -161,9 +161,13 @@ def load_model_from_checkpoint(path: str | os.PathLike):
     ckpt = load_checkpoint(path)
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
-        # The weights come from the checkpoint; never re-read a backbone file named at training.
+        # The weights come from the checkpoint: never re-read a file its config names (a
+        # backbone file, the attribute control's class vectors) — a checkpoint from elsewhere
+        # would have loading read any path it says. The vectors are in the state dict.
         cfg = cfg.replace(backbone_weights=None)
-        model = build_model(cfg)
+        model = build_model(
+            cfg, class_vectors=ckpt["model"].get("roi_heads.mask_predictor.class_vectors")
+        )
         model.load_state_dict(ckpt["model"])
     except Exception as exc:
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot rebuild its model: {exc}") from exc

@@ -7,12 +7,15 @@ A subclass reads its annotation files into ``self._records`` (objects with ``ima
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
 
+from training.datasets.errors import DatasetError
 from training.datasets.flip import FlipMap, flip_batch
 
 IDS_IN_SUMMARY = 10
@@ -22,6 +25,20 @@ def summarise_ids(ids: Sequence[int]) -> str:
     """The first few ids of a list, for log lines about what loading left out."""
     shown = ", ".join(str(i) for i in ids[:IDS_IN_SUMMARY])
     return shown + (", ..." if len(ids) > IDS_IN_SUMMARY else "")
+
+
+def path_inside(root: Path, relative: str | os.PathLike, where: str) -> Path:
+    """``root / relative``, refused unless it stays inside ``root``: an annotation file names
+    its images relative to the image folder, and one that says ``/etc/…`` or ``../../…``
+    would have training read any file the user can (symbolic links inside the folder are
+    followed, as a user who made them meant)."""
+    path = root / relative
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise DatasetError(
+            f"{where}: image path {str(relative)!r} leaves the image folder {str(root)!r} "
+            "(absolute or with '..'); paths must be relative to it"
+        )
+    return path
 
 
 class ImageRecord(Protocol):

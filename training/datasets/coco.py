@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from training.datasets.base import DetectionDataset, summarise_ids
+from training.datasets.base import DetectionDataset, path_inside, summarise_ids
 from training.datasets.errors import DatasetError
 from training.datasets.vocab import ClassVocabulary
 
@@ -324,6 +324,7 @@ class CocoDataset(DetectionDataset):
                 raise DatasetError(f"{where}: duplicate image id")
             if not isinstance(img.get("file_name"), str) or not img["file_name"]:
                 raise DatasetError(f"{where}: missing 'file_name'")
+            path_inside(self.image_root, img["file_name"], where)
             for key in ("height", "width"):
                 if not isinstance(img.get(key), int) or img[key] <= 0:
                     raise DatasetError(

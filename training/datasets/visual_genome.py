@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from training.class_tables import coco_classes, synset_to_coco_name
-from training.datasets.base import DetectionDataset, summarise_ids
+from training.datasets.base import DetectionDataset, path_inside, summarise_ids
 from training.datasets.coco import load_json, load_rgb_image
 from training.datasets.errors import DatasetError
 from training.datasets.vocab import ClassVocabulary
@@ -395,7 +395,8 @@ class VisualGenomeDataset(DetectionDataset):
         url = img.get("url")
         if isinstance(url, str) and url:
             parts = PurePosixPath(url).parts
-            candidates.append(self.image_root.joinpath(*parts[-2:]))
+            where = f"{self.image_data_file}: image id {image_id}"
+            candidates.append(path_inside(self.image_root, PurePosixPath(*parts[-2:]), where))
         candidates += [self.image_root / folder / f"{image_id}.jpg" for folder in VG_IMAGE_FOLDERS]
         for path in candidates:
             if path.is_file():
