@@ -217,6 +217,31 @@ class MaskXRoIHeads(RoIHeads):
         logits = self.mask_predictor(mask_features, torch.cat(labels), self.box_predictor)
         return list(logits.sigmoid().split([len(b) for b in boxes]))
 
+    def select_detections(
+        self,
+        class_logits: Tensor,
+        box_features: Tensor,
+        proposals: Tensor,
+        proposal_batch: Tensor,
+        image_sizes: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:func:`model.postprocess.select_detections` with these heads' settings (the eager
+        inference below runs it per image, the export adapter batch-wide)."""
+        return select_detections(
+            class_logits,
+            box_features,
+            proposals,
+            proposal_batch,
+            image_sizes,
+            box_deltas=self.box_predictor.box_deltas,
+            box_coder=self.box_coder,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+            candidates_per_img=self.candidates_per_img,
+            box_convention=self.box_convention,
+        )
+
     def postprocess_detections(  # type: ignore[override]
         self,
         class_logits: Tensor,
@@ -248,19 +273,12 @@ class MaskXRoIHeads(RoIHeads):
                 class_logits.split(per_image), box_features.split(per_image), proposals, strict=True
             )
         ):
-            boxes, scores, labels, _ = select_detections(
+            boxes, scores, labels, _ = self.select_detections(
                 logits,
                 feats,
                 props,
                 torch.zeros(props.shape[0], dtype=torch.int64, device=props.device),
                 sizes[i : i + 1],
-                box_deltas=self.box_predictor.box_deltas,
-                box_coder=self.box_coder,
-                score_thresh=self.score_thresh,
-                nms_thresh=self.nms_thresh,
-                detections_per_img=self.detections_per_img,
-                candidates_per_img=self.candidates_per_img,
-                box_convention=self.box_convention,
             )
             all_boxes.append(boxes)
             all_scores.append(scores)

@@ -177,6 +177,21 @@ def binarise_mask(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(probs, dtype=np.float32) > np.float32(threshold)
 
 
+def _paste_windows(probs: np.ndarray, int_boxes: np.ndarray, im_h: int, im_w: int):
+    """What both paste rules start from: the masks zero-padded to ``[N, M + 2, M + 2]``, the
+    integer boxes' corners, their sizes ``w, h`` (at least 1) and the windows ``x0, y0, x1, y1``
+    the boxes cover inside the ``im_h`` × ``im_w`` image (``x1``/``y1`` exclusive)."""
+    n, m = len(probs), probs.shape[-1]
+    padded = np.zeros((n, m + 2, m + 2), dtype=np.float32)
+    padded[:, 1:-1, 1:-1] = probs
+    bx0, by0, bx1, by1 = np.asarray(int_boxes, dtype=np.int64).reshape(n, 4).T
+    w = np.maximum(bx1 - bx0 + 1, 1)
+    h = np.maximum(by1 - by0 + 1, 1)
+    x0, x1 = np.maximum(bx0, 0), np.minimum(bx1 + 1, im_w)
+    y0, y1 = np.maximum(by0, 0), np.minimum(by1 + 1, im_h)
+    return padded, (bx0, by0, bx1, by1), (w, h), (x0, y0, x1, y1)
+
+
 def paste_masks_box_local(
     probs: np.ndarray, int_boxes: np.ndarray, im_h: int, im_w: int, threshold: float
 ) -> list[tuple[int, int, np.ndarray]]:
@@ -189,16 +204,12 @@ def paste_masks_box_local(
     window of torchvision's full-image paste. The resize matrices of all masks are built in
     one go; each mask then costs two small matrix products.
     """
-    n, m = len(probs), probs.shape[-1]
-    if n == 0:
+    if len(probs) == 0:
         return []
-    padded = np.zeros((n, m + 2, m + 2), dtype=np.float32)
-    padded[:, 1:-1, 1:-1] = probs
-    bx0, by0, bx1, by1 = np.asarray(int_boxes, dtype=np.int64).reshape(n, 4).T
-    w = np.maximum(bx1 - bx0 + 1, 1)
-    h = np.maximum(by1 - by0 + 1, 1)
-    x0, x1 = np.maximum(bx0, 0), np.minimum(bx1 + 1, im_w)
-    y0, y1 = np.maximum(by0, 0), np.minimum(by1 + 1, im_h)
+    m = probs.shape[-1]
+    padded, (bx0, by0, _, _), (w, h), (x0, y0, x1, y1) = _paste_windows(
+        probs, int_boxes, im_h, im_w
+    )
     empty = (x1 <= x0) | (y1 <= y0)
     x1, y1 = np.where(empty, x0, x1), np.where(empty, y0, y1)  # no rows for empty windows
     wy, y_first = _bilinear_rows(h, m + 2, y0 - by0, y1 - by0)
@@ -259,20 +270,16 @@ def paste_masks_detectron(
     the same window of Detectron's full resize). Returns one ``(x0, y0, region)`` per mask,
     ``region`` bool ``[y1 - y0, x1 - x0]``, as :func:`paste_masks_box_local`.
     """
-    n, m = len(probs), probs.shape[-1]
-    if n == 0:
+    if len(probs) == 0:
         return []
-    padded = np.zeros((n, m + 2, m + 2), dtype=np.float32)
-    padded[:, 1:-1, 1:-1] = probs
-    bx0, by0, bx1, by1 = np.asarray(int_boxes, dtype=np.int64).reshape(n, 4).T
-    w = np.maximum(bx1 - bx0 + 1, 1)
-    h = np.maximum(by1 - by0 + 1, 1)
-    x0, x1 = np.maximum(bx0, 0), np.minimum(bx1 + 1, im_w)
-    y0, y1 = np.maximum(by0, 0), np.minimum(by1 + 1, im_h)
+    m = probs.shape[-1]
+    padded, (bx0, by0, _, _), (w, h), (x0, y0, x1, y1) = _paste_windows(
+        probs, int_boxes, im_h, im_w
+    )
     thr = np.float32(threshold)
     one = np.float32(1)
     out = []
-    for k in range(n):
+    for k in range(len(probs)):
         ox, oy = int(x0[k]), int(y0[k])
         if x1[k] <= ox or y1[k] <= oy:
             out.append((ox, oy, np.zeros((0, 0), dtype=bool)))

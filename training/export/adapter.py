@@ -38,7 +38,6 @@ from model import (
     MaskXRCNN,
     WeightTransferMaskPredictor,
 )
-from model.postprocess import select_detections
 
 
 def baked_mask_weights(model: MaskXRCNN) -> tuple[Tensor, Tensor | None]:
@@ -131,24 +130,13 @@ class ExportAdapter(nn.Module):
         x: Tensor,
         image_sizes: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Box head → :func:`model.postprocess.select_detections`, as the eager RoI heads."""
+        """Box head → :meth:`model.roi_heads.MaskXRoIHeads.select_detections`, as eager."""
         rh = self.model.roi_heads
         hw = [(int(x.shape[-2]), int(x.shape[-1]))]
         rois = torch.cat([batch[:, None].to(proposals.dtype), proposals], dim=1)
         feats = rh.box_head(rh.box_roi_pool.pool(features, rois, hw))
-        return select_detections(
-            rh.box_predictor.class_logits(feats),
-            feats,
-            proposals,
-            batch,
-            image_sizes,
-            box_deltas=rh.box_predictor.box_deltas,
-            box_coder=rh.box_coder,
-            score_thresh=rh.score_thresh,
-            nms_thresh=rh.nms_thresh,
-            detections_per_img=rh.detections_per_img,
-            candidates_per_img=rh.candidates_per_img,
-            box_convention=rh.box_convention,
+        return rh.select_detections(
+            rh.box_predictor.class_logits(feats), feats, proposals, batch, image_sizes
         )
 
     def masks(
