@@ -50,15 +50,28 @@ def stable_argsort(values: Tensor, descending: bool = False) -> Tensor:
     return values.argsort(descending=descending, stable=True)
 
 
-def by_score(keep: Tensor, scores: Tensor) -> Tensor:
-    """``keep`` (indices into ``scores``) ordered by score, descending, ties by index.
+def nms_in_rank_order(boxes: Tensor, key: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each group that visits the boxes by ``key``, descending, equal keys by index,
+    in eager PyTorch and in the exported graph alike. Returns the kept indices in that order.
 
-    NMS returns its survivors by score, but the order of equal scores depends on the path
-    (torchvision sorts a large batched NMS without keeping ties; ONNX Runtime keeps them),
-    and that order decides which RoIs a later cut keeps and which candidate wins a tie.
+    Of two overlapping boxes of equal key NMS keeps the one it visits first, and each path
+    orders equal scores its own way (torchvision's kernel sorts without keeping ties; ONNX
+    Runtime's ``NonMaxSuppression`` keeps them), so NMS runs on each box's rank by the key,
+    which is unique. The RPN ranks by objectness logits, not probabilities: a logit above about
+    16.6 gives a probability of exactly 1.0 in float32, and near it the sigmoid's last bit
+    differs between eager PyTorch and ONNX Runtime, so saturated proposals would tie in one
+    path and not in the other (a full-size R-101 kept a different proposal that way).
+
+    Args:
+        boxes: float [N, 4] (continuous); key: float [N]; groups: int64 [N] (NMS never
+        compares boxes of different groups); iou_threshold: IoU above which a box is dropped.
+    Returns:
+        int64 [N'] indices into ``boxes``.
     """
-    keep = keep.sort().values
-    return keep[stable_argsort(scores[keep], descending=True)]
+    order = stable_argsort(key, descending=True)
+    positions = torch.ones_like(order).cumsum(0) - 1  # arange(N), traceable for any N
+    rank = torch.zeros_like(order).scatter(0, order, positions)
+    return box_ops.batched_nms(boxes, (-rank).to(boxes.dtype), groups, iou_threshold)
 
 
 def top_n_per_level(objectness: Tensor, num_anchors_per_level: list[int], n: int) -> Tensor:
@@ -127,7 +140,8 @@ def select_proposals(
     )  # fmt: skip
     top = top_n_per_level(objectness, num_anchors_per_level, pre_nms_top_n)  # [B, T]
     batch = torch.arange(b, device=device)[:, None].expand_as(top)
-    scores = objectness.gather(1, top).sigmoid().reshape(-1)
+    logits = objectness.gather(1, top).reshape(-1)
+    scores = logits.sigmoid()
     exists = valid.gather(1, top).reshape(-1) if valid is not None else None
     boxes = proposals[batch, top].reshape(-1, 4)
     level = levels[top].reshape(-1)
@@ -137,7 +151,7 @@ def select_proposals(
     keep = torch.where(kept if exists is None else kept & exists)[0]
     boxes, scores, level, batch = boxes[keep], scores[keep], level[keep], batch[keep]
     groups = batch * len(num_anchors_per_level) + level
-    keep = by_score(box_ops.batched_nms(boxes, scores, groups, nms_thresh), scores)
+    keep = nms_in_rank_order(boxes, logits[keep], groups, nms_thresh)
     keep = keep[rank_within_group(batch[keep], b) < post_nms_top_n]
     return boxes[keep], scores[keep], batch[keep]
 
@@ -189,13 +203,13 @@ def select_detections(
     flat = F.softmax(class_logits, -1)[:, 1:].reshape(-1)  # (RoI, class) pairs, class-minor
     cand = torch.where(flat > score_thresh)[0]
     roi = torch.div(cand, num_classes, rounding_mode="floor")
+    labels = cand - roi * num_classes + 1
     if candidates_per_img is not None:
         # The best candidates_per_img of each image, kept in (RoI, class) order.
         order = stable_argsort(flat[cand], descending=True)
         ranked = rank_within_group(proposal_batch[roi[order]], num_images) < candidates_per_img
         keep = torch.zeros_like(ranked).scatter(0, order, ranked)
-        cand, roi = cand[keep], roi[keep]
-    labels = cand - roi * num_classes + 1
+        cand, roi, labels = cand[keep], roi[keep], labels[keep]
     scores = flat[cand]
     batch = proposal_batch[roi]
     deltas = box_deltas(box_features[roi], labels)
@@ -204,9 +218,8 @@ def select_detections(
     if box_convention != LEGACY:
         keep = torch.where(wide_enough(boxes, DETECTION_MIN_SIZE))[0]
         boxes, scores, labels, batch = boxes[keep], scores[keep], labels[keep], batch[keep]
-    keep = box_ops.batched_nms(boxes, scores, batch * (num_classes + 1) + labels, nms_thresh)
-    keep = by_score(keep, scores)
+    keep = nms_in_rank_order(boxes, scores, batch * (num_classes + 1) + labels, nms_thresh)
     keep = keep[rank_within_group(batch[keep], num_images) < detections_per_img]
-    # Group by image, each by score descending (scores are in [0, 1]).
-    keep = keep[stable_argsort(batch[keep].to(scores.dtype) * 2.0 - scores[keep])]
+    # Group by image; a stable sort keeps each image's detections in NMS's (score) order.
+    keep = keep[stable_argsort(batch[keep])]
     return boxes[keep], scores[keep], labels[keep], batch[keep]
