@@ -99,23 +99,45 @@ class RunLogFile:
 
 
 class _LoggerLevels:
-    # A library must not change the program's logging, yet log.txt needs INFO records even
-    # when the program never configured logging (the Python API, tests): lower maskx's own
-    # loggers to INFO for the run's duration only, and put back what was there.
+    # A library must not change what the program's own logging shows, yet log.txt needs INFO
+    # records even when the program logs only warnings (or never configured logging: the
+    # Python API, tests). For the run's duration, maskx's loggers that would drop INFO are
+    # lowered to INFO and stop propagating; a forwarder passes on to the program's handlers
+    # only what they passed on before. Everything is put back afterwards.
     def __init__(self) -> None:
-        self._saved: dict[str, int] = {}
+        self._saved: dict[str, tuple[int, bool, logging.Handler]] = {}
 
     def raise_to_info(self) -> None:
         for name in RUN_LOGGERS:
             logger = logging.getLogger(name)
-            if logger.getEffectiveLevel() > logging.INFO:
-                self._saved[name] = logger.level
+            before = logger.getEffectiveLevel()
+            if before > logging.INFO:
+                forward = _Forward(logger, before)
+                self._saved[name] = (logger.level, logger.propagate, forward)
                 logger.setLevel(logging.INFO)
+                logger.propagate = False
+                logger.addHandler(forward)
 
     def restore(self) -> None:
-        for name, level in self._saved.items():
-            logging.getLogger(name).setLevel(level)
+        for name, (level, propagate, forward) in self._saved.items():
+            logger = logging.getLogger(name)
+            logger.removeHandler(forward)
+            logger.setLevel(level)
+            logger.propagate = propagate
         self._saved.clear()
+
+
+class _Forward(logging.Handler):
+    """Propagates records at or above ``threshold`` (the logger's level before the run)."""
+
+    def __init__(self, logger: logging.Logger, threshold: int) -> None:
+        super().__init__(threshold)
+        self.logger = logger
+        self.propagate = logger.propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.propagate and self.logger.parent is not None:
+            self.logger.parent.handle(record)
 
 
 # ------------------------------------------------------------------------ across ranks

@@ -16,7 +16,7 @@ import torch
 
 from tests.helpers import TINY_CONFIG, tiny_train_overrides
 from training.environment import code_version, collect_environment, environment_summary
-from training.events import RunLogFile, StepTimes, format_eta, peak_memory
+from training.events import RUN_LOGGERS, RunLogFile, StepTimes, format_eta, peak_memory
 
 LINE = re.compile(
     r"step (\d+)/(\d+)  eta (\S+)  loss (\S+) \((.*)\)  lr (\S+)  time (\S+) s  "
@@ -72,18 +72,40 @@ def test_images_per_step_is_per_gpu_times_world_times_accumulate():
     assert "2 images per GPU × 8 × accumulate 3 = 48 images per step" in environment_summary(env)
 
 
-def test_run_log_file_takes_info_even_when_logging_is_not_configured(tmp_path):
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_run_log_file_takes_info_and_leaves_the_programs_logging_as_it_was(tmp_path):
     logger = logging.getLogger("training.datasets.some_module")
-    before = logging.getLogger("training").level
-    early = logging.LogRecord("maskx.train", logging.INFO, __file__, 1, "built", None, None)
-    run_log = RunLogFile(tmp_path)
-    run_log.open([early])
-    logger.info("held out %d images", 3)
-    run_log.close()
-    logger.info("after the run")  # not written: the file is closed
+    root, program = logging.getLogger(), _Collect()  # a program that shows warnings only
+    saved_level, saved_levels = root.level, {n: logging.getLogger(n).level for n in RUN_LOGGERS}
+    root.addHandler(program)
+    root.setLevel(logging.WARNING)
+    try:
+        early = logging.LogRecord("maskx.train", logging.INFO, __file__, 1, "built", None, None)
+        run_log = RunLogFile(tmp_path)
+        run_log.open([early])
+        logger.info("held out %d images", 3)
+        logger.warning("a warning")
+        run_log.close()
+        logger.info("after the run")  # not written: the file is closed
+        logger.warning("a second warning")
+    finally:
+        root.removeHandler(program)
+        root.setLevel(saved_level)
     text = (tmp_path / "log.txt").read_text()
-    assert text.index("built") < text.index("held out 3 images") and "after" not in text
-    assert logging.getLogger("training").level == before  # the program's levels are restored
+    assert text.index("built") < text.index("held out 3 images") < text.index("a warning")
+    assert "after" not in text
+    # The program saw what it saw before: its warnings, none of the run's INFO lines.
+    assert program.messages == ["a warning", "a second warning"]
+    assert {n: logging.getLogger(n).level for n in RUN_LOGGERS} == saved_levels
+    assert logging.getLogger("training").propagate
 
 
 def test_a_run_writes_log_txt_env_json_and_timestamps(synth_root, tmp_path):
