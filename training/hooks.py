@@ -108,6 +108,7 @@ class TrainingLogger(HookBase):
         self.log_file: RunLogFile | None = None
         self.bar: tqdm | None = None
         self.times = StepTimes()
+        self._redirect = contextlib.ExitStack()
 
     def before_train(self) -> None:
         t = self.trainer
@@ -136,6 +137,12 @@ class TrainingLogger(HookBase):
             total=t.cfg.solver.max_iter, initial=t.iter, desc="train", unit="step",
             disable=not self.progress, dynamic_ncols=True,
         )  # fmt: skip
+        if self.progress:
+            # The program's console handlers write through tqdm while the bar is shown, so
+            # that a log line never lands in the middle of the bar.
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._redirect.enter_context(logging_redirect_tqdm())
 
     def after_step(self) -> None:
         t = self.trainer
@@ -184,6 +191,7 @@ class TrainingLogger(HookBase):
             )
 
     def after_train(self) -> None:
+        self._redirect.close()
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
