@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch.distributed as dist
 from tqdm import tqdm
 
+from model.config import ConfigError
 from training.environment import (
     collect_environment,
     device_name,
@@ -100,7 +101,7 @@ class TrainingLogger(HookBase):
 
     def __init__(self, *, log_period: int, tensorboard: bool, progress: bool) -> None:
         if log_period < 1:
-            raise ValueError(f"train.log_period must be >= 1, got {log_period}")
+            raise ConfigError(f"train.log_period must be >= 1 (steps), got {log_period}")
         self.log_period = log_period
         self.tensorboard = tensorboard
         self.progress = progress

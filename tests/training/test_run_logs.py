@@ -143,3 +143,14 @@ def test_a_run_writes_log_txt_env_json_and_timestamps(synth_root, tmp_path):
         assert float(m[4]) == pytest.approx(r["loss"], rel=1e-3)
         assert r["data_time"] <= r["step_time"] and r["max_mem_kind"] == "process max RSS"
     assert records[0]["unix"] <= records[-1]["unix"]
+
+
+def test_a_log_period_below_one_is_refused_naming_the_field(synth_root, tmp_path, capsys):
+    from maskx.cli import main as maskx
+
+    argv = ["train", "--config", str(TINY_CONFIG), "--out", str(tmp_path / "run")]
+    for s in tiny_train_overrides(synth_root, **{"train.log_period": 0}):
+        argv += ["--set", s]
+    assert maskx(argv) == 2
+    assert "train.log_period" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
