@@ -1,17 +1,23 @@
 """Checkpoints: written atomically, holding everything needed to resume and to explain a run.
 
-A checkpoint is a ``torch.save`` dict::
+A checkpoint is one typed object, :class:`Checkpoint`, stored with ``torch.save`` as the dict of
+:meth:`Checkpoint.to_dict`::
 
     format          "maskx-checkpoint", format_version 1
     model           state dict (unwrapped from DDP)
     model_config    ModelConfig.to_dict()
     vocab           ClassVocabulary.to_dict(): names, A/B flags, source ids
-    train_config    TrainConfig.to_dict()
-    optimizer       optimizer state (absent in exported-only checkpoints)
+    train_config    TrainConfig.to_dict() (absent in imported checkpoints)
+    optimizer       optimizer state (absent in imported checkpoints)
     scaler          GradScaler state (fp16 AMP)
     step            optimisation steps done
-    rng             torch / cuda / numpy / python RNG states
+    rng             per rank: torch / cuda / numpy / python RNG states
     metrics         the last evaluation, if any
+
+:meth:`Checkpoint.from_dict` is the one reader: it refuses a missing required entry, an entry
+it does not know and an entry of the wrong type, naming the entry and the file. Every file
+written since format version 1 (including the package layout before ``model/``/``training/``
+moved to the top level) has exactly these entries.
 
 Loading never runs code from the file: ``torch.load(weights_only=True)`` with an allow-list of
 exactly the non-tensor types a checkpoint holds (:func:`checkpoint_globals`: numpy arrays, for
@@ -24,6 +30,7 @@ import hashlib
 import os
 import pickle
 import random
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +115,129 @@ def _refused_types(path: Path, exc: Exception) -> str:
     return f"a type outside the allow-list ({detail})"
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a maskx checkpoint (on the CPU), without running code from it.
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds (see the module docstring for each entry).
 
-    Raises :class:`CheckpointError` naming the file: missing, unreadable, not a maskx
-    checkpoint, or holding a type outside :func:`checkpoint_globals` (named in the message;
-    a checkpoint from someone else may carry a pickle that would run code when loaded).
+    ``model`` maps parameter and buffer names to tensors; ``model_config`` and ``vocab`` are the
+    plain-dict forms of :class:`~model.ModelConfig` and
+    :class:`~training.datasets.vocab.ClassVocabulary` (rebuilt by
+    :func:`load_model_from_checkpoint`); ``train_config`` is ``TrainConfig.to_dict()``, None
+    in a checkpoint not written by a training run (``maskx import-detectron``); ``rng`` holds
+    one RNG state per rank.
     """
-    path = Path(path)
+
+    model: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    vocab: dict[str, Any]
+    step: int = 0
+    train_config: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    REQUIRED = ("model", "model_config", "vocab")
+
+    @property
+    def data_kind(self) -> str:
+        """The training data's kind (``coco``, ``vg``, ...); ``coco`` without a train config."""
+        return ((self.train_config or {}).get("data") or {}).get("kind", "coco")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes: ``format`` first, None entries left out."""
+        out: dict[str, Any] = {"format": FORMAT}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "checkpoint") -> Checkpoint:
+        """Check and read the dict of :meth:`to_dict`.
+
+        Raises :class:`CheckpointError` naming ``source`` and the entry: not a maskx checkpoint
+        (no ``format``), a newer ``format_version``, a required entry missing, an entry this
+        version does not know, or an entry of the wrong type.
+        """
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{source} is not a maskx checkpoint (no 'format': {FORMAT!r} entry)"
+            )
+        version = d.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CheckpointError(f"{source}: 'format_version' is {version!r}, not a version")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: format_version {version} is newer than this maskx reads "
+                f"({FORMAT_VERSION}); load it with the maskx that wrote it, or upgrade maskx"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"format"})
+        if unknown:
+            raise CheckpointError(
+                f"{source}: unknown entr{'y' if len(unknown) == 1 else 'ies'} "
+                f"{', '.join(repr(k) for k in unknown)} (a maskx checkpoint of format version "
+                f"{version} holds {', '.join(sorted(known))})"
+            )
+        for key in cls.REQUIRED:
+            if key not in d:
+                raise CheckpointError(f"{source} has no {key!r} entry")
+        for key, kinds, what in _ENTRY_TYPES:
+            value = d.get(key)
+            if value is None and key not in cls.REQUIRED:
+                continue
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise CheckpointError(
+                    f"{source}: entry {key!r} should be {what}, got {type(value).__name__}"
+                )
+        bad = [k for k, v in d["model"].items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"{source}: entry 'model' holds non-tensors, e.g. {bad[0]!r}")
+        if not all(isinstance(r, dict) for r in d.get("rng") or []):
+            raise CheckpointError(f"{source}: entry 'rng' should be a list of RNG-state dicts")
+        values = {k: v for k, v in d.items() if k != "format" and v is not None}
+        values["format_version"] = version
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Checkpoint:
+        """Read and check a maskx checkpoint (on the CPU), without running code from it.
+
+        Raises :class:`CheckpointError` naming the file: missing, unreadable, holding a type
+        outside :func:`checkpoint_globals` (named in the message; a checkpoint from someone
+        else may carry a pickle that would run code when loaded), or refused by
+        :meth:`from_dict`.
+        """
+        path = Path(path)
+        return cls.from_dict(_load_raw(path), source=f"checkpoint {str(path)!r}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (:func:`save_atomic`)."""
+        return save_atomic(self.to_dict(), path)
+
+
+_ENTRY_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("model", dict, "a state dict"),
+    ("model_config", dict, "a dict (ModelConfig.to_dict())"),
+    ("vocab", dict, "a dict (ClassVocabulary.to_dict())"),
+    ("step", int, "an int"),
+    ("train_config", dict, "a dict (TrainConfig.to_dict())"),
+    ("optimizer", dict, "an optimizer state dict"),
+    ("scaler", dict, "a GradScaler state dict"),
+    ("rng", list, "a list (one RNG state per rank)"),
+    ("metrics", dict, "a dict"),
+)
+
+
+def _load_raw(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         with torch.serialization.safe_globals(checkpoint_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused a type
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds {_refused_types(path, exc)}, which maskx "
@@ -131,14 +248,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} cannot be read (truncated or not a torch file): {exc}"
         ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not a maskx checkpoint (no 'format': {FORMAT!r} entry)"
-        )
-    for key in ("model", "model_config", "vocab"):
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry")
-    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked dict of a checkpoint (:meth:`Checkpoint.load`, then ``to_dict``), for
+    scripts that read a few entries; code of the package uses :class:`Checkpoint`."""
+    return Checkpoint.load(path).to_dict()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -149,29 +264,29 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def load_model_from_checkpoint(path: str | os.PathLike):
+def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[Any, Any, Checkpoint]:
     """Build the model of a checkpoint and load its weights.
 
     Returns:
-        (model in eval mode, ClassVocabulary, the checkpoint dict).
+        (MaskXRCNN in eval mode, ClassVocabulary, the :class:`Checkpoint`).
     """
     from model import ModelConfig, build_model
     from training.datasets.vocab import ClassVocabulary
 
-    ckpt = load_checkpoint(path)
+    ckpt = Checkpoint.load(path)
     try:
-        cfg = ModelConfig.from_dict(ckpt["model_config"])
+        cfg = ModelConfig.from_dict(ckpt.model_config)
         # The weights come from the checkpoint: never re-read a file its config names (a
         # backbone file, the attribute control's class vectors) — a checkpoint from elsewhere
         # would have loading read any path it says. The vectors are in the state dict.
         cfg = cfg.replace(backbone_weights=None)
         model = build_model(
-            cfg, class_vectors=ckpt["model"].get("roi_heads.mask_predictor.class_vectors")
+            cfg, class_vectors=ckpt.model.get("roi_heads.mask_predictor.class_vectors")
         )
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.model)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot rebuild its model: {exc}") from exc
-    vocab = ClassVocabulary.from_dict(ckpt["vocab"])
+    vocab = ClassVocabulary.from_dict(ckpt.vocab)
     if len(vocab) != cfg.num_classes:
         raise CheckpointError(
             f"checkpoint {str(path)!r}: vocabulary has {len(vocab)} classes but the model "
@@ -215,7 +330,7 @@ def init_from_checkpoint(
     if unknown:
         raise ValueError(f"train.init_parts: unknown {unknown}; allowed: {sorted(INIT_PARTS)}")
     prefixes = tuple(p for name in (parts or INIT_PARTS) for p in INIT_PARTS[name])
-    source = load_checkpoint(path)["model"]
+    source = Checkpoint.load(path).model
     target = model.state_dict()
     take: dict[str, torch.Tensor] = {}
     skipped: list[str] = []

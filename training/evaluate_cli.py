@@ -98,7 +98,7 @@ def run_evaluation(
     info, torch_device = init_distributed(device, dist_timeout_minutes)
     model, vocab, ckpt = load_model_from_checkpoint(checkpoint)
     # A Visual Genome model on COCO val: only its COCO classes have ground truth there.
-    kind = ((ckpt.get("train_config") or {}).get("data") or {}).get("kind", "coco")
+    kind = ckpt.data_kind
     if mask_classes is not None:
         vocab = vocab.with_mask_split(mask_classes)
     if score_threshold is not None:

@@ -2,12 +2,16 @@
 checkpointing, evaluation and logging around it (detectron2's ``TrainerBase`` pattern).
 
 ``train(cfg, out_dir)`` runs single-process or under ``torchrun`` (DDP: NCCL on GPUs, gloo on
-CPU). Rank 0 writes checkpoints, logs and metrics. A run folder holds::
+CPU). Rank 0 writes checkpoints, logs and metrics (the hooks of :mod:`training.hooks`; the
+checkpoint is a :class:`~training.checkpoint.Checkpoint`). A run folder holds::
 
     config.yaml            the resolved config
     checkpoints/last.pt    the latest checkpoint (plus step_XXXXXXX.pt, the last few kept)
     checkpoints/model_final.pt
-    metrics.jsonl          one JSON line per logged step / evaluation
+    log.txt                the run's log: the environment, a line every train.log_period steps
+                           (step/total, ETA, losses averaged over ranks, lr, times, memory)
+    env.json               code version, packages, world size, devices, images per step
+    metrics.jsonl          one JSON line per logged step / evaluation, with timestamps
     metrics.json           the last evaluation (pycocotools AP on A, B and all classes)
     curves.png             training curves
     tb/                    TensorBoard scalars
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,17 +40,13 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from model import MaskXRCNN, build_model
 from model.config import ConfigError
 from training.checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
+    Checkpoint,
     init_from_checkpoint,
-    load_checkpoint,
     rng_state,
-    save_atomic,
     set_rng_state,
 )
 from training.config import (
@@ -60,6 +59,9 @@ from training.datasets import build_data_loader, set_epoch
 from training.datasets.build import build_datasets
 from training.datasets.flip import flip_batch, flip_map_for
 from training.distributed import init_distributed
+from training.environment import ENV_FILE
+from training.events import LOG_FILE, LogCapture
+from training.hooks import HookBase, default_hooks
 from training.schedule import get_lr
 
 log = logging.getLogger("maskx.train")
@@ -193,26 +195,6 @@ def resolve_model_config(cfg: TrainConfig, num_classes: int) -> TrainConfig:
     return dataclasses.replace(cfg, model=model_cfg)
 
 
-class HookBase:
-    """Side effects around the loop. The trainer calls, on every rank and in this order:
-    ``before_train``; per step ``after_step``; ``after_eval(metrics)`` whenever it evaluated;
-    ``after_train`` last, also when the loop raised."""
-
-    trainer: Trainer
-
-    def before_train(self) -> None:
-        pass
-
-    def after_step(self) -> None:
-        pass
-
-    def after_eval(self, metrics: dict[str, Any]) -> None:
-        pass
-
-    def after_train(self) -> None:
-        pass
-
-
 class Trainer:
     """Owns a run: model, optimizer, data, step counter, and the hooks around ``step``.
 
@@ -230,6 +212,20 @@ class Trainer:
         *,
         resume: bool = True,
         hooks: Sequence[HookBase] | None = None,
+    ) -> None:
+        # What is logged while the run is built (data, held-out images, backbone, resume)
+        # goes to log.txt too, once the folder exists (TrainingLogger writes it first).
+        with LogCapture() as capture:
+            self._build(cfg, out_dir, resume=resume, hooks=hooks)
+        self.startup_records: list[logging.LogRecord] = capture.records
+
+    def _build(
+        self,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool,
+        hooks: Sequence[HookBase] | None,
     ) -> None:
         self.out = Path(out_dir)
         self.dist, self.device = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
@@ -257,12 +253,19 @@ class Trainer:
         self.iter = 0
         self.lr = cfg.solver.lr
         self.last_losses: dict[str, float] = {}
+        self.step_time = self.data_time = 0.0  # seconds, of the last step
         self.metrics: dict[str, Any] = {}
         last = self.out / "checkpoints" / "last.pt"
         if resume:
-            self._check_same_run(last)
-            if last.is_file():
-                self._resume_from(last)
+            ckpt = Checkpoint.load(last) if last.is_file() else None
+            if ckpt is not None and (ckpt.optimizer is None or not ckpt.rng):
+                raise ConfigError(
+                    f"{last} holds no optimizer or RNG state (not written by a training run): "
+                    "cannot resume from it; start from it with train.init_checkpoint instead"
+                )
+            self._check_same_run(ckpt, last)
+            if ckpt is not None:
+                self._resume_from(ckpt)
 
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
@@ -308,7 +311,10 @@ class Trainer:
     # ------------------------------------------------------------------ the three verbs
     def step(self) -> dict[str, float]:
         """One optimisation step over ``solver.accumulate`` micro-batches at the scheduled LR;
-        advances ``self.iter`` and returns the mean losses (Python floats)."""
+        advances ``self.iter`` and returns the mean losses (Python floats); ``step_time`` and
+        ``data_time`` (seconds, this rank) are the step's wall time and the part of it spent
+        waiting for batches."""
+        t0 = time.perf_counter()
         cfg = self.cfg
         self.lr = get_lr(
             self.iter, cfg.solver.lr, steps=cfg.solver.steps, gamma=cfg.solver.gamma,
@@ -320,8 +326,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         n = cfg.solver.accumulate
+        data_time = 0.0
         for micro in range(n):
+            t_data = time.perf_counter()
             images, targets = next(batches)
+            data_time += time.perf_counter() - t_data
             losses = self._forward_backward(images, targets, micro, n)
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / n
@@ -335,6 +344,7 @@ class Trainer:
         self.scaler.update()
         self.iter += 1
         self.last_losses = totals
+        self.data_time, self.step_time = data_time, time.perf_counter() - t0
         return totals
 
     def save(self, *, final: bool = False) -> None:
@@ -343,24 +353,22 @@ class Trainer:
         rngs = self._gather_rng()
         if not self.dist.is_main:
             return
-        ckpt = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "model_config": self.cfg.model.to_dict(),
-            "vocab": self.vocab.to_dict(),
-            "train_config": self.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.iter,
-            "rng": rngs,
-            "metrics": self.metrics,
-        }
+        ckpt = Checkpoint(
+            model=self.model.state_dict(),
+            model_config=self.cfg.model.to_dict(),
+            vocab=self.vocab.to_dict(),
+            train_config=self.cfg.to_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            step=self.iter,
+            rng=rngs,
+            metrics=self.metrics,
+        )
         folder = self.out / "checkpoints"
-        save_atomic(ckpt, folder / f"step_{self.iter:07d}.pt")
-        save_atomic(ckpt, folder / "last.pt")
+        ckpt.save(folder / f"step_{self.iter:07d}.pt")
+        ckpt.save(folder / "last.pt")
         if final:
-            save_atomic(ckpt, folder / "model_final.pt")
+            ckpt.save(folder / "model_final.pt")
         periodic = sorted(folder.glob("step_*.pt"))
         for old in periodic[: max(len(periodic) - self.cfg.train.keep_checkpoints, 0)]:
             old.unlink(missing_ok=True)
@@ -427,21 +435,26 @@ class Trainer:
             if self.iter >= max_iter:
                 self.evaluate()
             self.save(final=self.iter >= max_iter)
+            if self.dist.is_main:
+                log.info(
+                    "stopped at step %d of %d%s", self.iter, max_iter,
+                    " (model_final.pt written)" if self.iter >= max_iter else " (resumable)",
+                )  # fmt: skip
         finally:
             for hook in self.hooks:
                 hook.after_train()
         return TrainResult(model=self.model, metrics=self.metrics, step=self.iter)
 
     # ------------------------------------------------------------------------ helpers
-    def _check_same_run(self, last: Path) -> None:
+    def _check_same_run(self, ckpt: Checkpoint | None, last: Path) -> None:
         """Continue a run only with its own config: raise ConfigError naming the fields that
         differ between ``out/config.yaml`` (else the checkpoint's) and this command's."""
         saved_file = self.out / "config.yaml"
         if saved_file.is_file():
             saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
             where = str(saved_file)
-        elif last.is_file():
-            saved, where = load_checkpoint(last).get("train_config") or {}, str(last)
+        elif ckpt is not None:
+            saved, where = ckpt.train_config or {}, str(last)
         else:
             return
         try:
@@ -459,16 +472,16 @@ class Trainer:
             f"to start afresh in {self.out} (the old run is moved to {self.out}/previous/)"
         )
 
-    def _resume_from(self, last: Path) -> None:
-        ckpt = load_checkpoint(last)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if "scaler" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.iter = int(ckpt["step"])
-        self.metrics = ckpt.get("metrics") or {}
+    def _resume_from(self, ckpt: Checkpoint) -> None:
+        # The caller refused a checkpoint without optimizer or RNG state.
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer or {})
+        if ckpt.scaler is not None:
+            self.scaler.load_state_dict(ckpt.scaler)
+        self.iter = ckpt.step
+        self.metrics = ckpt.metrics
         rank = self.dist.rank
-        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        set_rng_state(ckpt.rng[rank] if rank < len(ckpt.rng) else ckpt.rng[0])
         if self.dist.is_main:
             log.info("resuming %s from step %d", self.out, self.iter)
 
@@ -554,88 +567,10 @@ class Trainer:
         return states
 
 
-# ------------------------------------------------------------------------------------ hooks
-class PeriodicCheckpointer(HookBase):
-    """Write a checkpoint every ``period`` steps (0: only the final one)."""
-
-    def __init__(self, period: int) -> None:
-        self.period = period
-
-    def after_step(self) -> None:
-        if self.period and self.trainer.iter % self.period == 0:
-            self.trainer.save()
-
-
-class PeriodicEvaluator(HookBase):
-    """Evaluate every ``period`` steps before the last (the trainer evaluates at the end)."""
-
-    def __init__(self, period: int) -> None:
-        self.period = period
-
-    def after_step(self) -> None:
-        t = self.trainer
-        if self.period and t.iter % self.period == 0 and t.iter < t.cfg.solver.max_iter:
-            t.evaluate()
-
-
-class TrainingLogger(HookBase):
-    """Rank 0: a progress bar, ``metrics.jsonl`` + TensorBoard scalars every ``log_period``
-    steps (and at the first and last), evaluation records, and ``curves.png`` at the end."""
-
-    def __init__(self, *, log_period: int, tensorboard: bool, progress: bool) -> None:
-        self.log_period = log_period
-        self.tensorboard = tensorboard
-        self.progress = progress
-        self.writer: MetricsWriter | None = None
-        self.bar: tqdm | None = None
-
-    def before_train(self) -> None:
-        t = self.trainer
-        if not t.dist.is_main:
-            return
-        self.writer = MetricsWriter(t.out, self.tensorboard)
-        self.bar = tqdm(
-            total=t.cfg.solver.max_iter, initial=t.iter, desc="train", unit="step",
-            disable=not self.progress, dynamic_ncols=True,
-        )  # fmt: skip
-        self._t_last, self._images_since = time.perf_counter(), 0
-
-    def after_step(self) -> None:
-        t = self.trainer
-        if self.writer is None or self.bar is None:
-            return
-        self.bar.update(1)
-        self._images_since += t.cfg.solver.batch_size * t.cfg.solver.accumulate * t.dist.world_size
-        if t.iter % self.log_period == 0 or t.iter == 1 or t.iter == t.stop_at:
-            now = time.perf_counter()
-            ips = self._images_since / max(now - self._t_last, 1e-9)
-            self._t_last, self._images_since = now, 0
-            total = sum(t.last_losses[k] for k in t.loss_keys)
-            self.bar.set_postfix(loss=f"{total:.3f}", lr=f"{t.lr:.2e}", img_s=f"{ips:.1f}")
-            self.writer.write({"step": t.iter, "lr": t.lr, "loss": total, **t.last_losses,
-                               "images_per_s": ips})  # fmt: skip
-
-    def after_eval(self, metrics: dict[str, Any]) -> None:
-        if self.writer is not None and metrics:
-            self.writer.write(
-                {
-                    "step": self.trainer.iter,
-                    "eval": {k: v for k, v in metrics.items() if k != "step"},
-                }
-            )
-
-    def after_train(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                from training.curves import plot_curves
-
-                plot_curves(self.writer.path, self.trainer.out / "curves.png")
-
-
-_RUN_FILES = ("config.yaml", "checkpoints", "metrics.jsonl", "metrics.json", "curves.png", "tb")
+_RUN_FILES = (
+    "config.yaml", "checkpoints", "metrics.jsonl", "metrics.json", "curves.png", "tb", LOG_FILE,
+    ENV_FILE,
+)  # fmt: skip
 
 
 def _move_previous_run(out: Path) -> None:
@@ -656,19 +591,6 @@ def _move_previous_run(out: Path) -> None:
     log.info("--no-resume: the previous run in %s was moved to %s", out, dest)
 
 
-def default_hooks(cfg: TrainConfig) -> list[HookBase]:
-    """Logging, periodic checkpoints and periodic evaluation as ``cfg.train`` says."""
-    return [
-        TrainingLogger(
-            log_period=cfg.train.log_period,
-            tensorboard=cfg.train.tensorboard,
-            progress=cfg.train.progress,
-        ),
-        PeriodicCheckpointer(cfg.train.checkpoint_period),
-        PeriodicEvaluator(cfg.train.eval_period),
-    ]
-
-
 def train(
     cfg: TrainConfig,
     out_dir: str | os.PathLike,
@@ -684,46 +606,6 @@ def train(
     """
     check_backbone_weights(cfg)
     return Trainer(cfg, out_dir, resume=resume).train(max_steps_this_run)
-
-
-class MetricsWriter:
-    """JSON lines + TensorBoard scalars + a PNG of the curves (rank 0 only)."""
-
-    def __init__(self, out_dir: Path, tensorboard: bool) -> None:
-        self.path = out_dir / "metrics.jsonl"
-        self.out_dir = out_dir
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:  # tensorboard is optional at run time
-                log.warning("tensorboard is not installed: no TensorBoard scalars")
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            step = record["step"]
-            for k, v in _flatten(record).items():
-                if k != "step" and isinstance(v, int | float) and v is not None:
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def _summary(metrics: dict[str, Any]) -> str:

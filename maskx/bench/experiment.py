@@ -681,12 +681,12 @@ def evaluate_with_same_shape_kernels(run: Run, root: Path, batch_size: int = 8) 
         return original(remap.to(labels.device)[labels], box_predictor)
 
     predictor.class_kernels = class_kernels  # this model instance only
-    data = ckpt["train_config"]["data"]
+    data = (ckpt.train_config or {})["data"]
     dataset = CocoDataset(root / data["val_annotations"], root / data["val_images"], vocab=vocab)
     loader = build_data_loader(dataset, batch_size, workers=0, shuffle=False)
     metrics = evaluate(model, loader, dataset.coco, vocab, progress=False)
     out = run.folder / "metrics_probe_shape.json"
-    return write_metrics_json({"step": ckpt["step"], **metrics}, out)
+    return write_metrics_json({"step": ckpt.step, **metrics}, out)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:

@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g) for _ in range(3)]
     if not args.random_r50:
-        real = verification_images(model, train_config=ckpt.get("train_config"))
+        real = verification_images(model, train_config=ckpt.train_config)
         if real is not None:  # the checkpoint's own validation images, where they are here
             images = real
     with tempfile.TemporaryDirectory() as tmp:

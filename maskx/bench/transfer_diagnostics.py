@@ -243,7 +243,7 @@ def true_box_mask_ap(
     model, vocab, ckpt = load_model_from_checkpoint(path)
     split = root / "mask_classes_A.txt"
     vocab = vocab.with_mask_split(split)
-    data = ckpt["train_config"]["data"]
+    data = (ckpt.train_config or {})["data"]
     dataset = CocoDataset(root / data["val_annotations"], root / data["val_images"], vocab=vocab)
     loader = build_data_loader(dataset, batch_size, workers=0, shuffle=False)
     results: list[dict[str, Any]] = []

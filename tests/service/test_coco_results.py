@@ -30,7 +30,7 @@ def _export(trained_checkpoint: Path, out: Path) -> Path:
     model, vocab, ckpt = load_model_from_checkpoint(trained_checkpoint)
     model.roi_heads.score_thresh = SCORE_THRESHOLD
     meta = build_metadata(
-        model, vocab, model_config=ckpt["model_config"], train_config=ckpt["train_config"],
+        model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
         checkpoint_sha256=None, name="tiny", version="test",
     )  # fmt: skip
     return export_model(model, out, meta)

@@ -21,7 +21,7 @@ def _exported(trained_checkpoint: Path, tmp_path: Path) -> Path:
 
     model, vocab, ckpt = load_model_from_checkpoint(trained_checkpoint)
     meta = build_metadata(
-        model, vocab, model_config=ckpt["model_config"], train_config=ckpt["train_config"],
+        model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
         checkpoint_sha256=None, name="tiny", version="test",
     )  # fmt: skip
     return export_model(model, tmp_path / "tiny.onnx", meta)

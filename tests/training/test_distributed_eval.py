@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, TINY_CONFIG, tiny_train_overrides
+from tests.training.test_run_logs import step_lines
 from training.datasets import InferenceSampler
 from training.evaluate_cli import RESULTS_FILE, format_metrics, run_evaluation
 
@@ -41,6 +42,28 @@ def _odd_val_set(synth_root: Path, tmp_path: Path, keep: int = 7) -> Path:
     out = tmp_path / "val7.json"
     out.write_text(json.dumps(data))
     return out
+
+
+def _assert_two_process_logs(out: Path, max_iter: int, images_per_gpu: int) -> str:
+    """log.txt has a line with ETA per step, env.json says 2 processes and their images per
+    step, and the logged losses are the mean over both ranks (not rank 0's). Returns log.txt."""
+    env = json.loads((out / "env.json").read_text())
+    assert env["world_size"] == 2 and len(env["devices"]) == 2
+    assert env["images_per_gpu"] == images_per_gpu
+    assert env["images_per_step"] == 2 * images_per_gpu * env["accumulate"]
+    text = (out / "log.txt").read_text()
+    assert f"= {env['images_per_step']} images per step" in text
+    lines = step_lines(text)
+    assert [int(m[1]) for m in lines] == list(range(1, max_iter + 1))
+    assert all(int(m[2]) == max_iter and m[3].count(":") == 2 for m in lines)
+    last = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in last if "eval" not in r][-1]
+    ranks = [json.loads((out / f"rank{r}_losses.json").read_text()) for r in (0, 1)]
+    # The ranks saw other images: their losses differ, so rank 0's alone would be caught.
+    assert any(abs(ranks[0][k] - ranks[1][k]) > 1e-6 for k in ranks[0])
+    for k in ranks[0]:
+        assert last[k] == pytest.approx((ranks[0][k] + ranks[1][k]) / 2, rel=1e-5, abs=1e-7)
+    return text
 
 
 def _sorted_results(path: Path) -> list[tuple]:
@@ -99,6 +122,7 @@ def test_two_process_training_evaluates_on_every_rank(synth_root, tmp_path):
         if '"eval"' in line
     ]
     assert [e["step"] for e in evals] == [2, 3]
+    _assert_two_process_logs(out, max_iter=3, images_per_gpu=2)
     final = json.loads((out / "metrics.json").read_text())
     assert final["step"] == 3
     # Both ranks returned rank 0's metrics (the worker writes what each rank got).
@@ -137,6 +161,8 @@ def test_two_process_visual_genome_run_holds_out_coco_val_and_scores_like_one(tm
     res = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "held out 1 images that are in COCO val" in res.stderr
+    text = _assert_two_process_logs(out, max_iter=2, images_per_gpu=1)
+    assert "held out 1 images that are in COCO val" in text
     final = json.loads((out / "metrics.json").read_text())
     assert final["step"] == 2 and "bbox" in final and "segm" not in final
     assert json.loads((out / "rank1_metrics.json").read_text()) == final

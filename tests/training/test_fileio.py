@@ -81,7 +81,7 @@ def test_exported_model_is_readable_by_another_user(tmp_path_factory) -> None:
     checkpoint = Path(__file__).resolve().parents[1] / "fixtures/previous_layout/checkpoint.pt"
     model, vocab, ckpt = load_model_from_checkpoint(checkpoint)
     metadata = build_metadata(
-        model, vocab, model_config=ckpt["model_config"], train_config=None,
+        model, vocab, model_config=ckpt.model_config, train_config=None,
         checkpoint_sha256=None, name="mode-check", version="test",
     )  # fmt: skip
 

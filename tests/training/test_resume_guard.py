@@ -60,3 +60,9 @@ def test_rerun_with_another_config_is_refused_and_no_resume_moves_the_old_run(
     assert load_checkpoint(previous / "checkpoints" / "last.pt")["step"] == 2
     assert load_config(out / "config.yaml").solver.lr == 0.5
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # not appended to
+    # log.txt: the old run's, with both of its starts, moved along; the new run's is its own.
+    old_log = (previous / "log.txt").read_text()
+    assert "steps 0 → 1" in old_log and "resuming" in old_log and "steps 1 → 2" in old_log
+    new_log = (out / "log.txt").read_text()
+    assert "steps 0 → 2" in new_log and "resuming" not in new_log
+    assert (previous / "env.json").is_file() and (out / "env.json").is_file()

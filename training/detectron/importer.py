@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from model import ModelConfig, build_model
-from training.checkpoint import FORMAT, FORMAT_VERSION, file_sha256, save_atomic
+from training.checkpoint import Checkpoint, file_sha256
 from training.datasets.vocab import ClassVocabulary, mask_split
 from training.detectron.manifest import (
     LEFTOVER_RULES,
@@ -570,16 +570,9 @@ def import_detectron(
             if report.architecture.num_classes == VG3K_NUM_CLASSES
             else "mask set A: all classes (no --mask-classes given)"
         )
-    ckpt = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": state,
-        "model_config": report.model_config.to_dict(),
-        "vocab": vocab.to_dict(),
-        "step": 0,
-        "metrics": {},
-    }
-    save_atomic(ckpt, out)
+    Checkpoint(
+        model=state, model_config=report.model_config.to_dict(), vocab=vocab.to_dict(), step=0
+    ).save(out)
     for line in report.summary().splitlines():
         log.info("%s", line)
     for rule, names in sorted(report.skipped.items()):

@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     name = args.name or (ckpt_path.parent.parent.name if ckpt_path.parent.name == "checkpoints"
                          else ckpt_path.stem)  # fmt: skip
     metadata = build_metadata(
-        model, vocab, model_config=ckpt["model_config"], train_config=ckpt.get("train_config"),
+        model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
         checkpoint_sha256=file_sha256(ckpt_path), name=name, version=args.model_version,
         precision="fp16-backbone" if args.fp16 else "fp32",
     )  # fmt: skip
@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.verify:
         return 0
     images = verification_images(
-        model, args.images, ckpt.get("train_config"), resize_rule=metadata.resize_rule
+        model, args.images, ckpt.train_config, resize_rule=metadata.resize_rule
     )
     box_rtol, score_atol, mask_atol = TOLERANCES[args.fp16]
     report = verify_export(

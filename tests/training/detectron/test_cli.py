@@ -23,7 +23,7 @@ def test_import_then_predict_and_export(small_file, small_classes, tmp_path, cap
     assert code == 0, capsys.readouterr().err
     assert f"{SMALL.num_classes} classes" in capsys.readouterr().out
     model, vocab, ckpt = load_model_from_checkpoint(out)
-    assert len(vocab) == SMALL.num_classes and ckpt["model_config"]["extra"]["name"] == "vg3k-small"
+    assert len(vocab) == SMALL.num_classes and ckpt.model_config["extra"]["name"] == "vg3k-small"
     model.transform.min_size, model.transform.max_size = (96,), 128  # a quick run on the CPU
     torch.manual_seed(0)
     with torch.no_grad():

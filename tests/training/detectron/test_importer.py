@@ -33,7 +33,7 @@ def imported(small_file, small_classes, tmp_path_factory):
 
 def test_every_blob_is_consumed_once_and_every_parameter_filled(imported):
     report, model, _, ckpt, blobs, _ = imported
-    state = ckpt["model"]
+    state = ckpt.model
     assert set(state) == set(model.state_dict())
     assert sorted(report.loaded.values()) == sorted(set(report.loaded.values()))  # no key twice
     skipped = {n for names in report.skipped.values() for n in names}
