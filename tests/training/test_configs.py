@@ -40,10 +40,10 @@ def test_paper_settings_are_the_papers():
 # Every shipped config: (scheme, data kind, mask predictor, MLP, mask classes, words its header
 # must say). A new config must be added here, so that its name, header and settings are checked.
 EXPECTED = {
-    "coco_r50_class_agnostic": ("end_to_end", "coco", "class_agnostic", False, "voc",
-                                ("class-agnostic", "no mlp")),
-    "coco_r50_class_agnostic_mlp": ("end_to_end", "coco", "class_agnostic", True, "voc",
-                                    ("class-agnostic", "+ mlp")),
+    "coco_r50_voc2nonvoc_class_agnostic": ("end_to_end", "coco", "class_agnostic", False, "voc",
+                                           ("class-agnostic", "no mlp")),
+    "coco_r50_voc2nonvoc_class_agnostic_mlp": ("end_to_end", "coco", "class_agnostic", True,
+                                               "voc", ("class-agnostic", "+ mlp")),
     "coco_r50_nonvoc2voc": ("end_to_end", "coco", "transfer", True, "nonvoc",
                             ("mask^x", "nonvoc→voc")),
     "coco_r50_voc2nonvoc": ("end_to_end", "coco", "transfer", True, "voc",
@@ -56,10 +56,10 @@ EXPECTED = {
                          ("synthetic", "experiment")),
     "tiny_synth": ("end_to_end", "coco", "transfer", True, "mask_classes_A.txt",
                    ("synthetic",)),
-    "vg3000_end_to_end": ("end_to_end", "vg+coco", "transfer", True, "all",
+    "vg3000_r50_end_to_end": ("end_to_end", "vg+coco", "transfer", True, "all",
                           ("end to end", "vg boxes", "coco", "masks")),
-    "vg3000_stage1": ("stage1", "vg", "transfer", True, "all", ("stage 1",)),
-    "vg3000_stage2": ("stage2", "coco_in_vg", "transfer", True, "all", ("stage 2",)),
+    "vg3000_r50_stage1": ("stage1", "vg", "transfer", True, "all", ("stage 1",)),
+    "vg3000_r50_stage2": ("stage2", "coco_in_vg", "transfer", True, "all", ("stage 2",)),
 }  # fmt: skip
 
 
