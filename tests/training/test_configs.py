@@ -1,5 +1,7 @@
 """Every shipped config parses, validates and builds its model (its heads and class count with
-tiny widths for speed), and the model trains and predicts on one small image."""
+tiny widths for speed), and the model trains and predicts on one small image; its name and
+header say what it holds (depth, split, predictor, MLP, Deep-MARC options), no two configs are
+the same run, and the docs name only configs that exist."""
 
 from __future__ import annotations
 
@@ -297,3 +299,20 @@ def test_config_builds_a_model_that_trains_and_predicts(path):
     with torch.no_grad():
         (out,) = model([image])
     assert out["masks"].shape[1:] == (1, 64, 64)
+
+
+def test_every_config_the_docs_name_exists():
+    repo = CONFIGS[0].parents[1]
+    docs = [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
+    named = {
+        (doc.name, m)
+        for doc in docs
+        for m in re.findall(r"configs/[a-z0-9_/]+\.yaml", doc.read_text(encoding="utf-8"))
+    }
+    missing = sorted((d, m) for d, m in named if not (repo / m).is_file())
+    assert not missing, f"docs name configs that do not exist: {missing}"
+    # The README's table lists every paper config by its name's tail.
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    for path in PAPER_CONFIGS:
+        tail = path.stem.split("_", 2)[2] if path.stem.startswith("coco_") else path.name
+        assert f"`{tail}`" in readme or f"`{tail}.yaml`" in readme, path.name
