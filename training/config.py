@@ -393,11 +393,13 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
 
 def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """``child`` deep-merged over ``base`` (new dicts; neither argument is changed): where both
-    hold a mapping the two merge key by key, anywhere else ``child``'s value wins."""
+    hold a mapping the two merge key by key, anywhere else ``child``'s value wins — except that
+    an empty value (``None``) over a mapping leaves the mapping, since a section whose lines are
+    all commented out (``train:``) reads as ``None`` in YAML and must not erase the base's."""
     out = dict(base)
     for key, value in child.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_configs(out[key], value)
+        if isinstance(out.get(key), dict) and (value is None or isinstance(value, dict)):
+            out[key] = merge_configs(out[key], value or {})
         else:
             out[key] = value
     return out

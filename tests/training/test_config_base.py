@@ -75,6 +75,17 @@ def test_merge_configs_leaves_its_arguments_alone():
     assert base == {"solver": {"lr": 1.0, "steps": [1]}} and child == {"solver": {"lr": 2.0}}
 
 
+def test_an_empty_section_keeps_the_bases_values(tmp_path):
+    (tmp_path / "base.yaml").write_text("solver: {lr: 0.5}\ntrain: {seed: 4}\n")
+    (tmp_path / "leaf.yaml").write_text("_BASE_: base.yaml\nsolver:\n  # lr: 0.1\ntrain: {}\n")
+    cfg = load_config(tmp_path / "leaf.yaml")
+    assert (cfg.solver.lr, cfg.train.seed) == (0.5, 4)
+    # A field set to null does replace the base's value.
+    (tmp_path / "nulls.yaml").write_text("_BASE_: base.yaml\nsolver: {clip_grad_norm: null}\n")
+    (tmp_path / "base.yaml").write_text("solver: {clip_grad_norm: 5.0}\n")
+    assert load_config(tmp_path / "nulls.yaml").solver.clip_grad_norm is None
+
+
 def test_a_missing_base_is_named_with_the_file_that_names_it(tmp_path):
     (tmp_path / "leaf.yaml").write_text("_BASE_: base/nowhere.yaml\n")
     with pytest.raises(ConfigError) as err:
