@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "bench": ("maskx.bench.cli", "run a benchmark (heads, export, service, postprocess, ...)"),
 }
+
+
+OUTPUT_FLAG = "--out"
+"""How every ``maskx`` command that writes something names where it writes (file or folder)."""
+
+
+def add_output_argument(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str,
+    dest: str = "out",
+    old: Sequence[str] = (),
+    required: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Add ``--out`` (:data:`OUTPUT_FLAG`) to a command's parser, storing into ``args.<dest>``.
+
+    ``old`` spellings of the same option (``--output``, ``--json``) still parse, into the same
+    ``dest``, but are hidden from ``--help``; giving both spellings is an error. ``kwargs`` go to
+    :meth:`argparse.ArgumentParser.add_argument` (``type``, ``default``, ``metavar``).
+    """
+    if not old:
+        parser.add_argument(OUTPUT_FLAG, dest=dest, required=required, help=help, **kwargs)
+        return
+    # A required option with hidden aliases: a required group, so that either spelling counts.
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(OUTPUT_FLAG, dest=dest, help=help, **kwargs)
+    for flag in old:
+        group.add_argument(flag, dest=dest, help=argparse.SUPPRESS, **kwargs)
 
 
 def version() -> str:

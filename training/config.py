@@ -2,6 +2,12 @@
 
 A config has four sections — ``model`` (a :class:`model.ModelConfig`), ``data``,
 ``solver`` and ``train`` — and round-trips through a plain dict, which checkpoints carry.
+
+A YAML file may start from another one: ``_BASE_: base/coco_r50_fpn.yaml`` (a path relative to
+the file that names it, as detectron2's) is read first, recursively, and the file's own values
+are deep-merged over it, the file winning. Types and choices are checked once, on the merged
+result; what a run saves (``config.yaml``, checkpoints) is that merged result, without
+``_BASE_``.
 """
 
 from __future__ import annotations
@@ -340,19 +346,69 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, yaml.safe_load(raw)
 
 
+BASE_KEY = "_BASE_"
+"""Top-level key of a config file naming the file it starts from (detectron2's spelling)."""
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping a YAML config file describes, its ``_BASE_`` chain merged in.
+
+    ``_BASE_`` is a path relative to the file that holds it (``~`` expanded); the base is read
+    the same way (recursively) and the file's values are merged over it: mappings merge key by
+    key at every depth, any other value (a list included) replaces the base's. Types are not
+    checked here; :func:`load_config` checks the merged result. Raises :class:`ConfigError`
+    naming the file for a missing or unreadable file, a ``_BASE_`` that is not a path, or a
+    cycle of bases.
+    """
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"config file {str(path)!r}: {BASE_KEY} makes a cycle: {cycle}")
+    if not path.is_file():
+        named_by = f" (the {BASE_KEY} of {str(chain[-1])!r})" if chain else ""
+        raise ConfigError(f"config file {str(path)!r}{named_by} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(
+            f"config file {str(path)!r}: {BASE_KEY} must be the path of another config file "
+            f"(relative to this one), got {base!r}"
+        )
+    base_path = Path(os.path.expanduser(base))
+    if not base_path.is_absolute():
+        base_path = path.parent / base_path
+    return merge_configs(_read_with_bases(base_path, (*chain, resolved)), data)
+
+
+def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` deep-merged over ``base`` (new dicts; neither argument is changed): where both
+    hold a mapping the two merge key by key, anywhere else ``child``'s value wins — except that
+    an empty value (``None``) over a mapping leaves the mapping, since a section whose lines are
+    all commented out (``train:``) reads as ``None`` in YAML and must not erase the base's."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(out.get(key), dict) and (value is None or isinstance(value, dict)):
+            out[key] = merge_configs(out[key], value or {})
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (or the defaults) and apply ``section.field=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    """Read a YAML config (its ``_BASE_`` chain merged in; or the defaults when ``path`` is
+    None), apply ``section.field=value`` overrides, and check types and values."""
+    data: dict[str, Any] = {} if path is None else read_config_file(path)
     for text in overrides:
         (section, key), value = parse_override(text)
         data.setdefault(section, {})

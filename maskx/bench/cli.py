@@ -1,7 +1,9 @@
 """``maskx bench NAME``: benchmarks that print ratios measured side by side in one run.
 
 Each benchmark is a module ``maskx.bench.<name>`` exposing ``add_arguments(parser)`` and
-``main(args) -> int``; it prints a table and writes JSON (``--json PATH``).
+``main(args) -> int``; it prints a table and writes its figures to ``--out`` (a JSON file, which
+``--json``, the earlier spelling, also names; ``experiment`` and ``detectron`` write a folder
+there and take ``--json`` for their results file).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from maskx.cli import add_output_argument
+
 DEFAULT_CHECKPOINT = "artifacts/demo/run/checkpoints/model_final.pt"
 
 
@@ -33,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="threads for both (0: default)")
-    parser.add_argument("--json", help="write the figures here")
+    # --out, as on every maskx command; --json, the earlier spelling, still works.
+    add_output_argument(parser, dest="json", old=("--json",), type=Path, metavar="FILE.json",
+                        help="write the figures here")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from maskx.cli import add_output_argument
+
 GOAL = 1.10
 """Largest acceptable ratio (K=3000 / K=80 and Mask^X / torchvision)."""
 
@@ -71,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true", help="print the top ops of each variant")
     parser.add_argument("--quick", action="store_true", help="tiny backbone, few runs (smoke test)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    # --out, as on every maskx command; --json, the earlier spelling, still works.
+    add_output_argument(parser, dest="json", old=("--json",), type=Path, metavar="FILE.json",
+                        help="write the figures to this JSON file")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ model helpers

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from maskx.bench.heads import format_table, interleaved_times, make_train_step, random_targets
+from maskx.cli import add_output_argument
 
 QUICK = {"repeats": 1, "train_images": 1, "depths": [4]}
 
@@ -50,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"smoke run: {QUICK['repeats']} repeats, {QUICK['train_images']} "
                              "images, one ResNet depth")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    # --out, as on every maskx command; --json, the earlier spelling, still works.
+    add_output_argument(parser, dest="json", old=("--json",), type=Path, metavar="FILE.json",
+                        help="write the figures to this JSON file")  # fmt: skip
 
 
 def variants(base: Any, depths: list[int]) -> dict[str, Any]:

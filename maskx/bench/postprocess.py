@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from maskx.cli import add_output_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detections", type=int, default=50, help="masks per image (50)")
@@ -22,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each side (5)")
     parser.add_argument("--mask-threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    # --out, as on every maskx command; --json, the earlier spelling, still works.
+    add_output_argument(parser, dest="json", old=("--json",), type=Path, metavar="FILE.json",
+                        help="write the figures to this JSON file")  # fmt: skip
 
 
 def random_detections(n: int, height: int, width: int, seed: int) -> tuple[Any, Any]:

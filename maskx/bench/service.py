@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from maskx.cli import add_output_argument
+
 # Quiet time before each timed call: ONNX Runtime's worker threads spin for a while after a run,
 # and three sessions (bare, in-process, server) spinning against each other on a small machine
 # would measure the contention, not the call.
@@ -105,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in the same rounds: before/after on one model in one run",
     )
     add_setting_flags(parser, BENCH_FLAGS, defaults=SERVER_DEFAULTS)
-    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    # --out, as on every maskx command; --json, the earlier spelling, still works.
+    add_output_argument(parser, dest="json", old=("--json",), type=Path, metavar="FILE.json",
+                        help="write the figures to this JSON file")  # fmt: skip
 
 
 def _query(score: float | None) -> str:

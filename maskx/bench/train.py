@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from maskx.cli import add_output_argument
+
 DEFAULT_CONFIG = "configs/tiny_synth.yaml"
 
 
@@ -45,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--synth-classes", type=int, default=120, help="classes of the generated synthetic set"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (the config's)")
-    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    # --out, as on every maskx command; --json, the earlier spelling, still works.
+    add_output_argument(parser, dest="json", old=("--json",), type=Path, metavar="FILE.json",
+                        help="write the figures to this JSON file")  # fmt: skip
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""``maskx export --checkpoint CKPT --output model.onnx [--opset N] [--no-verify]``."""
+"""``maskx export --checkpoint CKPT --out model.onnx [--opset N] [--no-verify]``
+(``--output``, the earlier spelling, still works)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from maskx.cli import add_output_argument
 from training.export.onnx_export import OPSET
 
 # (box rtol, score atol, mask atol) of the verification against eager float32 PyTorch, by
@@ -16,7 +18,10 @@ TOLERANCES = {False: (1e-3, 1e-4, 1e-3), True: (1e-2, 1e-2, 5e-2)}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a maskx training checkpoint (.pt)")
-    parser.add_argument("--output", required=True, help="ONNX file to write (atomically)")
+    add_output_argument(
+        parser, dest="output", old=("--output",), required=True, metavar="MODEL.onnx",
+        help="ONNX file to write (atomically)",
+    )  # fmt: skip
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--name", help="model name in the metadata (default: the run folder)")
     parser.add_argument("--model-version", default="0.1.0", help="model version in the metadata")
