@@ -6,6 +6,7 @@ Each app owns its own registry so that several apps (tests, benchmarks) can live
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -55,6 +56,7 @@ class ServiceMetrics:
             buckets=request_buckets,
             registry=r,
         )
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "maskx_requests", "Requests by route and status code.", ["route", "status"], registry=r
         )
@@ -163,6 +165,19 @@ class ServiceMetrics:
             ["requested", "provider"],
             registry=r,
         )
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """One answered request: its latency and count under ``route`` and ``status``.
+
+        The labelled children are kept per (route, status), so a request costs no label
+        look-up; routes are templates and statuses a few codes, so the cache stays small."""
+        children = self._request_children.get((route, status))
+        if children is None:
+            labels = {"route": route, "status": str(status)}
+            children = (self.request_duration.labels(**labels), self.requests.labels(**labels))
+            self._request_children[(route, status)] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def set_provider(self, requested: str, provider: str) -> None:
         self.provider_fallback.clear()
