@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.api.error_handlers import install_error_handlers
 from service.api.main import install_routes
 from service.api.middleware import ApiKeyMiddleware, RequestMiddleware
+from service.api.routes.segment import SCORE_FLOOR_HEADER
 from service.metrics import ServiceMetrics
 from service.runtime import ProviderUnavailableError, Runtime, load_runtime
 from service.settings import Settings
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", SCORE_FLOOR_HEADER],
             max_age=600,
         )
     # Added last, so it runs first: the request id exists before CORS or a route answers.

@@ -183,7 +183,10 @@ def test_health_model_metrics_and_unknown_routes(client: TestClient, synthetic_m
         "maskx_in_flight_requests 0.0",
         "maskx_queue_depth 0.0",
         "maskx_queue_capacity 64.0",
-        'maskx_model_info{name="maskx-test",provider="cpu",version="0.0.1"} 1.0',
+        # The test graph's metadata has a checkpoint hash and nothing else of the identity.
+        'maskx_model_info{checkpoint_sha256="' + "0" * 64 + '",exported_at="unknown",'
+        'maskx_version="unknown",name="maskx-test",precision="unknown",provider="cpu",'
+        'score_floor="unknown",version="0.0.1"} 1.0',
     ):
         assert name in text, name
     assert_error(client.get("/nowhere"), 404, "not_found")

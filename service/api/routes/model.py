@@ -42,5 +42,10 @@ async def model(worker: WorkerDep, settings: SettingsDep) -> Response:
             "resize_rule": info.resize_rule,
             "mask_paste": info.mask_paste,
             "max_batch_size": settings.max_batch_size,
+            "checkpoint_sha256": info.checkpoint_sha256,
+            "precision": info.precision,
+            "exported_at": info.exported_at,
+            "maskx_version": info.maskx_version,
+            "score_floor": info.score_floor,
         }
     )

@@ -21,6 +21,8 @@ router = APIRouter(prefix=API_PREFIX, tags=["segment"])
 # POST /segment, the path before the version prefix: the same handler, out of the schema.
 alias_router = APIRouter(tags=["segment"])
 
+# Set when the request's score_threshold was below the model's score floor: the floor applied.
+SCORE_FLOOR_HEADER = "X-Maskx-Score-Floor"
 _IMAGE_SCHEMA = {"type": "string", "format": "binary"}
 _BODY_DOC = {
     "requestBody": {
@@ -67,6 +69,9 @@ async def segment(
 
     Coordinates and masks are in the pixels of the image as displayed (EXIF applied).
     ``format=coco`` answers the list that pycocotools' ``COCO.loadRes`` reads.
+    A ``score_threshold`` below the model's score floor (``GET /v1/model``: ``score_floor``)
+    is answered with the floor applied: ``score_threshold_applied`` in the body and the
+    ``X-Maskx-Score-Floor`` header.
     Also served at ``POST /segment`` (an alias kept for older clients).
     """
     deadline = time.monotonic() + settings.request_timeout_s
@@ -87,9 +92,13 @@ async def segment(
             data = await image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
         with worker.admission.admit():
             result = await worker.segment(data, params, deadline, request.is_disconnected)
+    # A threshold below the model's floor is answered with the floor, and said so.
+    headers = (
+        {SCORE_FLOOR_HEADER: f"{params.score_threshold:g}"} if params.score_floor_applied else None
+    )
     if format == "coco":
-        return json_response(result.to_coco(image_id))
-    return json_response(result.to_json(worker.info))
+        return json_response(result.to_coco(image_id), headers=headers)
+    return json_response(result.to_json(worker.info), headers=headers)
 
 
 _ROUTE = {
