@@ -95,5 +95,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # Added last, so it runs first: the request id exists before CORS or a route answers.
     app.add_middleware(RequestMiddleware, metrics=metrics, access_log=settings.access_log)
     install_error_handlers(app)
-    install_routes(app)
+    install_routes(app, api_key=settings.api_key is not None)
     return app

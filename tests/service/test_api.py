@@ -241,6 +241,13 @@ def test_api_key_guards_every_route_but_the_probes(settings: Settings) -> None:
             assert c.get(path, headers=key, follow_redirects=False).status_code in (200, 307, 404)
         assert c.get("/v1/model", headers=key).json()["name"]
         assert "maskx_requests_total" in c.get("/metrics", headers=key).text
+        assert_error(c.post("/v1/segment", content=data, headers=bad), 401, "unauthorized")
+        assert c.post("/v1/segment", content=data, headers=good).status_code == 200
+        # The schema tells clients to send the key (and only when one is set: see below).
+        schema = c.get("/openapi.json", headers=key).json()
+        assert schema["paths"]["/v1/segment"]["post"]["security"] == [{"HTTPBearer": []}]
+    with TestClient(create_app(settings)) as c:
+        assert "security" not in c.get("/openapi.json").json()["paths"]["/v1/segment"]["post"]
 
 
 def test_not_ready_until_warm_up_is_done(settings: Settings) -> None:
