@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pydantic import SecretStr
 
+from service.api.main import ALIASES
 from service.api.routes import demo as demo_module
 from service.app import create_app
 from service.schemas import ErrorResponse, ModelDescription, SegmentResponse
@@ -199,6 +200,7 @@ def test_health_model_metrics_and_unknown_routes(client: TestClient, synthetic_m
 
 
 def test_versioned_path_and_its_alias_answer_alike(client: TestClient) -> None:
+    assert ALIASES == {"/segment": "/v1/segment"}
     data = make_image(96, 64)
     new = client.post("/v1/segment?score_threshold=0.3", content=data, headers=JPEG)
     old = client.post("/segment?score_threshold=0.3", content=data, headers=JPEG)

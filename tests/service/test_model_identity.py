@@ -111,3 +111,15 @@ def test_server_default_below_the_floor_is_raised_too(identified_model: Path) ->
 def test_a_malformed_floor_is_refused_at_load(bad: object) -> None:
     with pytest.raises(ValueError, match="score_threshold"):
         ModelMetadata.from_dict(default_metadata(score_threshold=bad), "m.onnx")
+
+
+def test_browsers_may_read_the_floor_header(identified_model: Path) -> None:
+    origin = "https://app.example"
+    for client in _client(identified_model, cors_origins=origin):
+        r = client.post(
+            "/v1/segment?score_threshold=0", content=make_image(96, 64),
+            headers=JPEG | {"origin": origin},
+        )  # fmt: skip
+        assert r.headers["x-maskx-score-floor"] == "0.4"
+        exposed = r.headers["access-control-expose-headers"].lower()
+        assert "x-maskx-score-floor" in exposed, exposed
