@@ -7,7 +7,7 @@
 #   deploy/smoke.sh --down     # stop and remove the stack (and its volumes) afterwards
 #
 # Steps: build and start the stack (the demo model is built first when the model volume has none),
-# wait until the worker is healthy and ready, POST a sample image to /segment and check the JSON
+# wait until the worker is healthy and ready, POST a sample image to /v1/segment and check the JSON
 # answer, ask Prometheus for the worker's target and a latency quantile, and print PASS or FAIL.
 # MASKX_MODEL_DIR, when set, must hold the model to serve (MASKX_MODEL_FILE, model.onnx).
 set -euo pipefail
@@ -109,10 +109,10 @@ if [[ "$health" == "healthy" ]]; then pass "container healthy (HEALTHCHECK /read
 echo "  ready $((SECONDS - up_start)) s after 'up' began (image builds and the demo model included)"
 if curl -fsS "$worker/readyz" >/dev/null; then pass "GET /readyz is 200"; else fail "GET /readyz is not 200"; exit 1; fi
 
-echo "== POST /segment with $sample"
+echo "== POST /v1/segment with $sample"
 response="$(mktemp)"
-status="$(curl -sS -o "$response" -w '%{http_code}' -F "image=@${sample}" "$worker/segment?score_threshold=0")"
-if [[ "$status" == "200" ]]; then pass "POST /segment answered 200"; else fail "POST /segment answered $status: $(head -c 300 "$response")"; fi
+status="$(curl -sS -o "$response" -w '%{http_code}' -F "image=@${sample}" "$worker/v1/segment?score_threshold=0")"
+if [[ "$status" == "200" ]]; then pass "POST /v1/segment answered 200"; else fail "POST /v1/segment answered $status: $(head -c 300 "$response")"; fi
 if python3 - "$response" <<'EOF'
 import json, sys
 
@@ -131,8 +131,8 @@ EOF
 then pass "response JSON has the contract's shape"; else fail "response JSON does not match the contract"; fi
 rm -f "$response"
 
-echo "== Prometheus: maskx_request_duration_seconds for POST /segment"
-query='sum(maskx_request_duration_seconds_count{route="/segment"})'
+echo "== Prometheus: maskx_request_duration_seconds for POST /v1/segment"
+query='sum(maskx_request_duration_seconds_count{route=~"(/v1)?/segment"})'
 found=0
 # The worker is scraped every 10 s; allow a few scrapes.
 for _ in $(seq 1 12); do
@@ -151,7 +151,7 @@ done
 if [[ "$found" == 1 ]]; then pass "Prometheus has the latency histogram ($query >= 1)"; else fail "Prometheus has no samples for $query"; fi
 
 # Over the whole count since the worker started (a rate() needs requests between two scrapes).
-query='histogram_quantile(0.99, sum by (le) (maskx_request_duration_seconds_bucket{route="/segment"}))'
+query='histogram_quantile(0.99, sum by (le) (maskx_request_duration_seconds_bucket{route=~"(/v1)?/segment"}))'
 answer="$(curl -fsS --get "$prometheus/api/v1/query" --data-urlencode "query=$query" 2>/dev/null || true)"
 if p99="$(python3 -c '
 import json, math, sys
@@ -159,7 +159,7 @@ data = json.loads(sys.argv[1])
 value = float(data["data"]["result"][0]["value"][1])
 assert math.isfinite(value) and value > 0, value
 print(f"{value:.3f}")
-' "$answer" 2>/dev/null)"; then pass "Prometheus histogram_quantile p99 of POST /segment: ${p99} s"; else fail "Prometheus answered no finite p99 for $query"; fi
+' "$answer" 2>/dev/null)"; then pass "Prometheus histogram_quantile p99 of POST /v1/segment: ${p99} s"; else fail "Prometheus answered no finite p99 for $query"; fi
 
 targets="$(curl -fsS "$prometheus/api/v1/targets?state=active" || true)"
 if python3 -c '

@@ -52,6 +52,10 @@ class ModelMetadata:
     ``resize_rule`` and ``mask_paste`` say how the service resizes images for this model and
     pastes its masks; files written before they existed get the defaults, which are what the
     service did for every file then.
+
+    The model's identity (:attr:`checkpoint_sha256`, :attr:`precision`, :attr:`exported_at`,
+    :attr:`maskx_version`, :attr:`score_floor`) is read from ``provenance``: None where a file
+    written by an older exporter lacks the key.
     """
 
     name: str
@@ -79,6 +83,44 @@ class ModelMetadata:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """sha256 (hex) of the training checkpoint the file was exported from."""
+        value = self.provenance.get("checkpoint_sha256")
+        return value if isinstance(value, str) else None
+
+    @property
+    def precision(self) -> str | None:
+        """``fp32``, or ``fp16-backbone`` (``maskx export --fp16``)."""
+        value = self.provenance.get("precision")
+        return value if isinstance(value, str) else None
+
+    @property
+    def exported_at(self) -> str | None:
+        """When ``maskx export`` wrote the file: ISO 8601, UTC (``2026-12-03T10:11:22Z``)."""
+        value = self.provenance.get("exported_at")
+        return value if isinstance(value, str) else None
+
+    @property
+    def maskx_version(self) -> str | None:
+        """The maskx version that exported the file; for files that predate the field, read
+        from the ``exporter`` line (``"maskx 0.1.0, torch 2.x, opset 17"``)."""
+        value = self.provenance.get("maskx_version")
+        if isinstance(value, str):
+            return value
+        exporter = self.provenance.get("exporter")
+        if isinstance(exporter, str) and exporter.startswith("maskx "):
+            return exporter.split(",")[0].removeprefix("maskx ").strip() or None
+        return None
+
+    @property
+    def score_floor(self) -> float | None:
+        """The graph's own score threshold (the model's ``box_score_thresh`` at export):
+        detections scoring below it never leave the graph, so a request for less gets this.
+        None when the file does not say (no floor is applied then)."""
+        value = self.provenance.get("score_threshold")
+        return float(value) if value is not None else None
 
     def class_name(self, label: int) -> str:
         """Name of model label ``label`` (1..K)."""
@@ -180,6 +222,14 @@ class ModelMetadata:
                 raise ValueError(
                     f"{source}: metadata field {key!r}={value!r} must be a positive int"
                 )
+        floor = meta.get("score_threshold")
+        if floor is not None and (
+            not isinstance(floor, int | float) or isinstance(floor, bool) or not 0 <= floor <= 1
+        ):
+            raise ValueError(
+                f"{source}: metadata field 'score_threshold'={floor!r} (the graph's score floor) "
+                "must be a number in [0, 1]"
+            )
         resize_rule = meta.get("resize_rule", RESIZE_RULES[0])
         mask_paste = meta.get("mask_paste", MASK_PASTES[0])
         for key, value, allowed in (

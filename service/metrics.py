@@ -6,6 +6,7 @@ Each app owns its own registry so that several apps (tests, benchmarks) can live
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +17,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+from service.contract import ModelMetadata
 
 # 1 ms .. 60 s, about three buckets per decade: the request histogram covers the default 30 s
 # deadline, and 1.5x a longer deadline is added as its top bound, so a 504 lands in a bucket.
@@ -28,6 +31,10 @@ DETECTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # The error codes of the two 429s (service/errors.py), the label values of
 # maskx_rejected_requests_total.
 REJECT_REASONS = ("queue_full", "server_busy", "client_busy")
+MODEL_INFO_LABELS = ("name", "version", "provider", "checkpoint_sha256", "precision",
+                     "exported_at", "maskx_version", "score_floor")  # fmt: skip
+# The value of an identity label that a model file written by an older exporter does not hold.
+UNKNOWN = "unknown"
 
 
 class ServiceMetrics:
@@ -55,6 +62,7 @@ class ServiceMetrics:
             buckets=request_buckets,
             registry=r,
         )
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "maskx_requests", "Requests by route and status code.", ["route", "status"], registry=r
         )
@@ -152,8 +160,10 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "maskx_model_info",
-            "The model being served (value 1).",
-            ["name", "version", "provider"],
+            "The model being served (value 1): name, version, the execution provider in use, "
+            "the checkpoint's sha256, precision, export time, the maskx version that exported "
+            "it and the graph's score floor ('unknown' where the file does not say).",
+            list(MODEL_INFO_LABELS),
             registry=r,
         )
         self.provider_fallback = Gauge(
@@ -163,6 +173,19 @@ class ServiceMetrics:
             ["requested", "provider"],
             registry=r,
         )
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        """One answered request: its latency and count under ``route`` and ``status``.
+
+        The labelled children are kept per (route, status), so a request costs no label
+        look-up; routes are templates and statuses a few codes, so the cache stays small."""
+        children = self._request_children.get((route, status))
+        if children is None:
+            labels = {"route": route, "status": str(status)}
+            children = (self.request_duration.labels(**labels), self.requests.labels(**labels))
+            self._request_children[(route, status)] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def set_provider(self, requested: str, provider: str) -> None:
         self.provider_fallback.clear()
@@ -175,6 +198,22 @@ class ServiceMetrics:
         self.queue_depth.set_function(depth)
         self.queue_capacity.set(capacity)
 
-    def set_model(self, name: str, version: str, provider: str) -> None:
+    def set_model(self, info: ModelMetadata, provider: str) -> None:
         self.model_info.clear()
-        self.model_info.labels(name=name, version=version, provider=provider).set(1)
+        self.model_info.labels(**model_info_labels(info, provider)).set(1)
+
+
+def model_info_labels(info: ModelMetadata, provider: str) -> dict[str, str]:
+    """The label values of ``maskx_model_info`` for ``info`` served on ``provider``."""
+    floor = info.score_floor
+    values = {
+        "name": info.name,
+        "version": info.version,
+        "provider": provider,
+        "checkpoint_sha256": info.checkpoint_sha256,
+        "precision": info.precision,
+        "exported_at": info.exported_at,
+        "maskx_version": info.maskx_version,
+        "score_floor": None if floor is None else f"{floor:g}",
+    }
+    return {k: UNKNOWN if v is None else v for k, v in values.items()}

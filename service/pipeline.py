@@ -53,15 +53,19 @@ class SegmentResult:
     height: int
     detections: list[Detection]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    score_threshold: float | None = None  # the one applied (SegmentParams.score_threshold)
 
     def to_json(self, info: ModelMetadata) -> dict[str, Any]:
-        """The ``POST /segment`` response body (docs/contracts.md, "HTTP API")."""
-        return {
+        """The ``POST /v1/segment`` response body (docs/contracts.md, "HTTP API")."""
+        body = {
             "model": {"name": info.name, "version": info.version, "num_classes": info.num_classes},
             "image": {"width": self.width, "height": self.height},
             "detections": [d.to_json() for d in self.detections],
             "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
         }
+        if self.score_threshold is not None:
+            body["score_threshold_applied"] = self.score_threshold
+        return body
 
     def to_coco(self, image_id: int) -> list[dict[str, Any]]:
         """The ``format=coco`` body: a COCO results list for image ``image_id``."""
@@ -105,10 +109,17 @@ def request_params(
 ) -> SegmentParams:
     """The one place a request's options are built: each one given, or the setting's default.
 
-    Used by ``POST /segment`` (query parameters) and ``maskx predict`` (flags).
+    A score threshold below the model's score floor (:attr:`ModelMetadata.score_floor`: no
+    detection under it leaves the graph) is raised to the floor, and the params say so
+    (``score_floor_applied``), so that the answer can tell the client.
+    Used by ``POST /v1/segment`` (query parameters) and ``maskx predict`` (flags).
     """
+    wanted = settings.score_threshold if score_threshold is None else score_threshold
+    floor = info.score_floor
+    below_floor = floor is not None and wanted < floor
     return SegmentParams(
-        score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
+        score_threshold=floor if below_floor else wanted,
+        score_floor_applied=below_floor,
         mask_threshold=settings.mask_threshold if mask_threshold is None else mask_threshold,
         max_detections=settings.max_detections if max_detections is None else max_detections,
         classes=parse_classes(classes, info),
@@ -208,6 +219,7 @@ class Pipeline:
             height=image.height,
             detections=detections,
             timing_ms={k: v * 1000 for k, v in timing.items()},
+            score_threshold=params.score_threshold,
         )
 
 

@@ -49,13 +49,18 @@ Paste = Callable[[np.ndarray, np.ndarray, int, int, float], list[tuple[int, int,
 
 @dataclass(frozen=True)
 class SegmentParams:
-    """Per-request options (``POST /segment`` query)."""
+    """Per-request options (``POST /v1/segment`` query).
+
+    ``score_threshold`` is the one applied; ``score_floor_applied`` is True when the request
+    asked for less and the model's score floor was applied instead.
+    """
 
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     max_detections: int = 100
     classes: frozenset[int] | None = None  # model labels to keep; None keeps all
     masks: bool = True  # False: no mask work at all (``masks=none``)
+    score_floor_applied: bool = False
 
 
 @dataclass

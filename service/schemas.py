@@ -55,6 +55,13 @@ class SegmentResponse(BaseModel):
     image: ImageSize
     detections: list[DetectionOut]
     timing_ms: Timing
+    score_threshold_applied: float = Field(
+        ge=0,
+        le=1,
+        description="The score threshold the detections were kept by: the request's (or the "
+        "server default, MASKX_SCORE_THRESHOLD), raised to the model's score floor when below "
+        "it; the X-Maskx-Score-Floor header is set then.",
+    )
 
 
 class CocoResult(BaseModel):
@@ -113,3 +120,22 @@ class ModelDescription(BaseModel):
         "(Detectron's segm_results); docs/contracts.md."
     )
     max_batch_size: int
+    checkpoint_sha256: str | None = Field(
+        description="sha256 of the training checkpoint the model was exported from (null: the "
+        "file does not say)."
+    )
+    precision: str | None = Field(
+        description="fp32, or fp16-backbone (maskx export --fp16); null: the file does not say."
+    )
+    exported_at: str | None = Field(
+        description="When maskx export wrote the file, ISO 8601 UTC; null for files written "
+        "before it was recorded."
+    )
+    maskx_version: str | None = Field(
+        description="The maskx version that exported the file; null: the file does not say."
+    )
+    score_floor: float | None = Field(
+        description="The graph's own score threshold: no detection below it leaves the model, "
+        "so a request's score_threshold below it is raised to it (score_threshold_applied, "
+        "X-Maskx-Score-Floor). null: the file does not say, no floor is applied."
+    )

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Bind port (0 picks a free one).")
     api_key: SecretStr | None = Field(
         None,
-        description="When set, every route but /healthz and /readyz (/segment, /v1/model, "
+        description="When set, every route but /healthz and /readyz (/v1/segment, /segment, /v1/model, "
         "/metrics, /docs, /openapi.json, the demo page) needs 'Authorization: Bearer <key>'.",
     )
     worker_threads: int = Field(2, ge=1, le=256, description="Thread pool for decoding images.")

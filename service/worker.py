@@ -87,7 +87,7 @@ class Worker:
             if self._provider:
                 log.warning("execution provider changed from %s to %s", self._provider, provider)
             self._provider = provider
-            self.metrics.set_model(self.info.name, self.info.version, provider)
+            self.metrics.set_model(self.info, provider)
             self.metrics.set_provider(self.requested_provider, provider)
         return provider
 
@@ -120,6 +120,15 @@ class Worker:
                 provider,
                 str(self.settings.allow_cpu_fallback).lower(),
                 self.fallback_reason,
+            )
+        floor = self.info.score_floor
+        if floor is not None and self.settings.score_threshold < floor:
+            log.warning(
+                "MASKX_SCORE_THRESHOLD=%g is below the model's score floor %g: requests that "
+                "do not set score_threshold are answered with %g (X-Maskx-Score-Floor)",
+                self.settings.score_threshold,
+                floor,
+                floor,
             )
         run_warmup = functools.partial(warmup, self.runtime, self.settings.max_batch_size)
         self.batcher.start(run_warmup if self.settings.warmup else None)
@@ -214,4 +223,5 @@ class Worker:
             height=image.height,
             detections=detections,
             timing_ms={k: v * 1000.0 for k, v in timing.items()},
+            score_threshold=params.score_threshold,
         )

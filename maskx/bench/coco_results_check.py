@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             query = {"format": "coco", "image_id": image_id, "score_threshold": 0,
                      "max_detections": 1000}  # fmt: skip
             body = (images / gt.imgs[image_id]["file_name"]).read_bytes()
-            r = client.post("/segment", params=query, content=body,
+            r = client.post("/v1/segment", params=query, content=body,
                             headers={"content-type": "image/png"})  # fmt: skip
             r.raise_for_status()
             results += r.json()

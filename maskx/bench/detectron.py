@@ -314,12 +314,12 @@ def serve_side_by_side(models: dict[str, Path], image: bytes, requests: int) -> 
             for name, (_, url) in workers.items():
                 start = time.perf_counter()
                 # Detectron's TEST.SCORE_THRESH, the graph's floor (the service's default is 0.5)
-                response = httpx.post(url + "/segment?score_threshold=0.05", content=image,
+                response = httpx.post(url + "/v1/segment?score_threshold=0.05", content=image,
                                       timeout=600,
                                       headers={"content-type": "image/png"})  # fmt: skip
                 elapsed = time.perf_counter() - start
                 if response.status_code != 200:
-                    raise SystemExit(f"{name}: POST /segment answered {response.status_code}")
+                    raise SystemExit(f"{name}: POST /v1/segment answered {response.status_code}")
                 body = response.json()
                 if round_ == 0:  # untimed: the first run of each shape
                     out[name]["detections"] = [

@@ -46,6 +46,9 @@ from maskx.cli import add_output_argument
 PAUSE_S = 0.05
 WARMUP_ROUNDS = 3  # untimed rounds that warm every path up
 IDLE_S = 3.0  # reconnect (untimed) a keep-alive connection idle longer than this
+# The path every source tree answers: an alias of /v1/segment (the same handler) since the API
+# took its version prefix, the only path before it, so --baseline-src can time older trees.
+SEGMENT_PATH = "/segment"
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -169,7 +172,7 @@ def overhead_at_c1(
         pipeline.segment(data, params)
 
     def over_http(conn: http.client.HTTPConnection, record: bool) -> None:
-        conn.request("POST", "/segment?" + _query(score), body=data, headers=headers)
+        conn.request("POST", SEGMENT_PATH + "?" + _query(score), body=data, headers=headers)
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
@@ -256,7 +259,7 @@ def _load_wrk(
     try:
         run = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout",
-             "120s", "-s", script, url + "/segment?" + query],
+             "120s", "-s", script, url + SEGMENT_PATH + "?" + query],
             env=os.environ | {"MASKX_BENCH_BODY": str(body)},
             capture_output=True, text=True, check=True,
         )  # fmt: skip
@@ -290,7 +293,7 @@ async def _load_httpx(
     async def worker(client: httpx.AsyncClient, until: float) -> None:
         while time.perf_counter() < until:
             t0 = time.perf_counter()
-            r = await client.post("/segment?" + query, content=data, headers=headers)
+            r = await client.post(SEGMENT_PATH + "?" + query, content=data, headers=headers)
             latencies.append((time.perf_counter() - t0) * 1000)
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
 

@@ -1,4 +1,4 @@
-// maskx demo page: send an image to POST /segment and draw the answer on a canvas.
+// maskx demo page: send an image to POST /v1/segment and draw the answer on a canvas.
 // Plain browser JavaScript, no build step and no third-party code, so the page works offline
 // from the serving container. The palette matches service/overlay.py (maskx predict).
 "use strict";
@@ -22,7 +22,7 @@
     file: null, // Blob of the current image
     fileName: "",
     bitmap: null, // decoded image drawn under the overlay
-    response: null, // last successful /segment JSON
+    response: null, // last successful /v1/segment JSON
     requestSeq: 0, // drops answers to requests that a newer one superseded
   };
 
@@ -276,7 +276,7 @@
     const t0 = performance.now();
     let resp, body;
     try {
-      resp = await fetch(`segment?${params}`, { method: "POST", body: form, headers });
+      resp = await fetch(`v1/segment?${params}`, { method: "POST", body: form, headers });
       const text = await resp.text();
       try { body = JSON.parse(text); } catch { body = text; }
     } catch (err) {

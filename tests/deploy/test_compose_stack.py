@@ -103,7 +103,7 @@ def test_compose_up_from_a_fresh_checkout_serves_and_is_scraped(tmp_path: Path) 
     assert "no model at /models/model.onnx; building the demo model" in logs, logs[-3000:]
     assert "model-builder: wrote /models/model.onnx" in logs, logs[-3000:]
     assert "Prometheus scrape target 'maskx' is up" in proc.stdout
-    assert re.search(r"histogram_quantile p99 of POST /segment: [0-9.]+ s", proc.stdout)
+    assert re.search(r"histogram_quantile p99 of POST /v1/segment: [0-9.]+ s", proc.stdout)
     ready = re.search(r"ready (\d+) s after 'up' began", proc.stdout)
     assert ready, proc.stdout
     print(f"\ncompose up -> ready: {ready.group(1)} s\n{proc.stdout}")

@@ -97,9 +97,9 @@ SOURCES = {
 def scraped(worker: Worker) -> dict[str, list[dict[str, str]]]:
     """``{sample_name: [labels, ...]}`` from /metrics after some real traffic."""
     with httpx.Client(base_url=worker.url, timeout=30) as client:
-        for _ in range(3):
+        for path in ("/v1/segment", "/v1/segment", "/segment"):  # the API and its alias
             files = {"image": ("synth-1.png", SAMPLE_IMAGE.read_bytes(), "image/png")}
-            assert client.post("/segment", files=files).status_code == 200
+            assert client.post(path, files=files).status_code == 200
         bad = client.post(
             "/segment", content=b"not an image", headers={"content-type": "image/png"}
         )
@@ -136,6 +136,14 @@ def test_every_referenced_metric_exists(source: str, scraped: dict[str, list[dic
             elif op == "=" and not any(labels.get(label) == value for labels in scraped[name]):
                 seen = sorted({labels.get(label, "") for labels in scraped[name]})
                 problems.append(f"{name}{{{label}={value!r}}}: /metrics has only {seen}")
+            elif op == "=~" and label != "status":
+                # PromQL anchors a regex at both ends; every value it names must be exported
+                # (a route regex that matches no route selects nothing).
+                seen = {labels.get(label, "") for labels in scraped[name]}
+                if not any(re.fullmatch(value, v) for v in seen):
+                    problems.append(
+                        f"{name}{{{label}=~{value!r}}}: /metrics has only {sorted(seen)}"
+                    )
     assert not problems, f"{source} refers to metrics the worker does not export:\n" + "\n".join(
         problems
     )

@@ -15,7 +15,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pydantic import SecretStr
 
-from service import app as app_module
+from service.api.main import ALIASES
+from service.api.routes import demo as demo_module
 from service.app import create_app
 from service.schemas import ErrorResponse, ModelDescription, SegmentResponse
 from service.settings import Settings
@@ -183,14 +184,40 @@ def test_health_model_metrics_and_unknown_routes(client: TestClient, synthetic_m
         "maskx_in_flight_requests 0.0",
         "maskx_queue_depth 0.0",
         "maskx_queue_capacity 64.0",
-        'maskx_model_info{name="maskx-test",provider="cpu",version="0.0.1"} 1.0',
+        # The test graph's metadata has a checkpoint hash and nothing else of the identity.
+        'maskx_model_info{checkpoint_sha256="' + "0" * 64 + '",exported_at="unknown",'
+        'maskx_version="unknown",name="maskx-test",precision="unknown",provider="cpu",'
+        'score_floor="unknown",version="0.0.1"} 1.0',
     ):
         assert name in text, name
     assert_error(client.get("/nowhere"), 404, "not_found")
     assert_error(client.get("/segment"), 405, "method_not_allowed")
     assert "unmatched" in client.get("/metrics").text
     assert client.get("/docs").status_code == 200
-    assert "/segment" in client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/segment", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(paths)
+    assert "/segment" not in paths, "the alias stays out of the schema"
+
+
+def test_versioned_path_and_its_alias_answer_alike(client: TestClient) -> None:
+    assert ALIASES == {"/segment": "/v1/segment"}
+    data = make_image(96, 64)
+    new = client.post("/v1/segment?score_threshold=0.3", content=data, headers=JPEG)
+    old = client.post("/segment?score_threshold=0.3", content=data, headers=JPEG)
+    assert new.status_code == old.status_code == 200, (new.text, old.text)
+    strip = lambda body: {k: v for k, v in body.items() if k != "timing_ms"}  # noqa: E731
+    assert strip(new.json()) == strip(old.json())
+    assert new.json()["detections"], "the same detections, not two empty answers"
+    # Each path counts under its own route template: the alias's remaining callers show.
+    text = client.get("/metrics").text
+    assert 'maskx_requests_total{route="/v1/segment",status="200"} 1.0' in text
+    assert 'maskx_requests_total{route="/segment",status="200"} 1.0' in text
+    # Validation and errors are the same on both.
+    for path in ("/v1/segment", "/segment"):
+        assert_error(client.post(path + "?masks=x", content=data, headers=JPEG), 422,
+                     "invalid_parameter")  # fmt: skip
+    # The probes and /metrics stay unversioned; there is no /v1/healthz.
+    assert_error(client.get("/v1/healthz"), 404, "not_found")
 
 
 def test_api_key_guards_every_route_but_the_probes(settings: Settings) -> None:
@@ -216,6 +243,13 @@ def test_api_key_guards_every_route_but_the_probes(settings: Settings) -> None:
             assert c.get(path, headers=key, follow_redirects=False).status_code in (200, 307, 404)
         assert c.get("/v1/model", headers=key).json()["name"]
         assert "maskx_requests_total" in c.get("/metrics", headers=key).text
+        assert_error(c.post("/v1/segment", content=data, headers=bad), 401, "unauthorized")
+        assert c.post("/v1/segment", content=data, headers=good).status_code == 200
+        # The schema tells clients to send the key (and only when one is set: see below).
+        schema = c.get("/openapi.json", headers=key).json()
+        assert schema["paths"]["/v1/segment"]["post"]["security"] == [{"HTTPBearer": []}]
+    with TestClient(create_app(settings)) as c:
+        assert "security" not in c.get("/openapi.json").json()["paths"]["/v1/segment"]["post"]
 
 
 def test_not_ready_until_warm_up_is_done(settings: Settings) -> None:
@@ -254,7 +288,7 @@ def test_demo_routes_stay_out_of_the_schema(
     assert "<title>maskx" in r.text
     assert "/" not in client.get("/openapi.json").json()["paths"]
     # An install without the static folder redirects `/` to the API docs instead.
-    monkeypatch.setattr(app_module, "STATIC_DIR", tmp_path / "no-static")
+    monkeypatch.setattr(demo_module, "STATIC_DIR", tmp_path / "no-static")
     with TestClient(create_app(settings)) as bare:
         r = bare.get("/", follow_redirects=False)
         assert r.status_code == 307 and r.headers["location"] == "/docs"

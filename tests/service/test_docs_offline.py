@@ -8,7 +8,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from service.app import create_app, docs_assets_dir
+from service.api.docs import docs_assets_dir
+from service.app import create_app
 from service.settings import Settings
 from tests.service.helpers import CHROMIUM, CHROMIUM_ARGS, FakeRuntime, LiveServer
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import PAGE_CSP, STATIC_DIR, create_app, log_safe
+from service.api.middleware import PAGE_CSP, log_safe
+from service.api.routes.demo import STATIC_DIR
+from service.app import create_app
 from service.logs import TEXT_FORMAT, RequestIdFilter
 from service.settings import Settings
 from service.testing import make_image

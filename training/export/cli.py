@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     parser.add_argument("--name", help="model name in the metadata (default: the run folder)")
-    parser.add_argument("--model-version", default="0.1.0", help="model version in the metadata")
+    parser.add_argument(
+        "--model-version",
+        help="model version in the metadata (default: 0.1.0+<first 12 hex digits of the "
+        "checkpoint's sha256>, so two different checkpoints never share a version)",
+    )
     parser.add_argument(
         "--verify",
         action=argparse.BooleanOptionalAction,
@@ -74,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
     from training.export.onnx_export import (
         ExportError,
         build_metadata,
+        default_model_version,
         export_model,
         verification_images,
         verify_export,
@@ -98,9 +103,11 @@ def main(args: argparse.Namespace) -> int:
         t.min_size, t.max_size = (min_size,), max_size
     name = args.name or (ckpt_path.parent.parent.name if ckpt_path.parent.name == "checkpoints"
                          else ckpt_path.stem)  # fmt: skip
+    checkpoint_sha256 = file_sha256(ckpt_path)
+    version = args.model_version or default_model_version(checkpoint_sha256)
     metadata = build_metadata(
         model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
-        checkpoint_sha256=file_sha256(ckpt_path), name=name, version=args.model_version,
+        checkpoint_sha256=checkpoint_sha256, name=name, version=version,
         precision="fp16-backbone" if args.fp16 else "fp32",
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -110,7 +117,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"maskx export: {exc}", file=sys.stderr)
         return 2
     size_mb = out.stat().st_size / 1e6
-    print(f"wrote {out} ({size_mb:.1f} MB, {len(vocab)} classes, opset {args.opset}"
+    print(f"wrote {out} ({name} {version}; {size_mb:.1f} MB, {len(vocab)} classes, "
+          f"opset {args.opset}"
           f"{', float16 backbone' if args.fp16 else ''}) "
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     if not args.verify:

@@ -10,6 +10,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,23 @@ def eager_reference(model: MaskXRCNN, images: list[torch.Tensor]) -> list[dict[s
 
 
 # ------------------------------------------------------------------------------- export
+BASE_MODEL_VERSION = "0.1.0"
+
+
+def default_model_version(checkpoint_sha256: str) -> str:
+    """The version ``maskx export`` writes when ``--model-version`` is not given:
+    ``0.1.0+<first 12 hex digits of the checkpoint's sha256>`` (a semver / PEP 440 local part).
+
+    From the checkpoint's bytes, not its step: two checkpoints with different weights always get
+    different versions (two runs share step numbers; 48 bits of hash make a collision
+    negligible), and re-exporting the same checkpoint gives the same version.
+    """
+    digest = checkpoint_sha256.lower()
+    if len(digest) < 12 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"checkpoint_sha256={checkpoint_sha256!r} is not a hex sha256 digest")
+    return f"{BASE_MODEL_VERSION}+{digest[:12]}"
+
+
 def build_metadata(
     model: MaskXRCNN,
     vocab: Any,
@@ -106,9 +124,15 @@ def build_metadata(
     name: str,
     version: str,
     precision: str = "fp32",
+    exported_at: str | None = None,
 ) -> ModelMetadata:
-    """The metadata of ``model``'s ONNX file (:class:`service.contract.ModelMetadata`)."""
+    """The metadata of ``model``'s ONNX file (:class:`service.contract.ModelMetadata`).
+
+    ``exported_at``: ISO 8601 UTC time of the export (default: now).
+    """
     t = model.transform
+    if exported_at is None:
+        exported_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return ModelMetadata(
         name=name,
         version=version,
@@ -135,6 +159,8 @@ def build_metadata(
             "training_config": train_config,
             "model_config": model_config,
             "exporter": f"maskx {__version__}, torch {torch.__version__}, opset {OPSET}",
+            "maskx_version": __version__,
+            "exported_at": exported_at,
         },
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -11,13 +12,21 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+import maskx
 from maskx.cli import main as cli_main
 from model import build_model
+from service.contract import ModelMetadata
 from tests.model.helpers import tiny_config
-from training.checkpoint import load_model_from_checkpoint
+from training.checkpoint import (
+    file_sha256,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    save_atomic,
+)
 from training.export.onnx_export import (
     METADATA_KEY,
     OUTPUT_NAMES,
+    default_model_version,
     eager_reference,
     export_model,
     pad_batch,
@@ -146,16 +155,49 @@ def test_cli_verification_passes_on_trained_model(trained_checkpoint, tmp_path, 
     assert "verification passed" in out and "batch of 2" in out
 
 
+def test_two_checkpoints_export_under_two_versions(trained_checkpoint, tmp_path):
+    """Without --model-version the version is derived from the checkpoint's sha256: a
+    checkpoint whose weights differ by one value gets another version."""
+    ckpt = load_checkpoint(trained_checkpoint)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = ckpt["model"][name] + 1e-3
+    other = save_atomic(ckpt, tmp_path / "other.pt")
+    metas = []
+    for src in (trained_checkpoint, other):
+        out = tmp_path / f"{src.stem}.onnx"
+        assert cli_main(["export", "--checkpoint", str(src), "--output", str(out),
+                         "--no-verify"]) == 0  # fmt: skip
+        meta = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}[METADATA_KEY])
+        assert meta["version"] == f"0.1.0+{file_sha256(src)[:12]}"
+        assert meta["checkpoint_sha256"] == file_sha256(src)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", meta["exported_at"])
+        assert meta["maskx_version"] == maskx.__version__ and meta["precision"] == "fp32"
+        metas.append(meta)
+    assert metas[0]["version"] != metas[1]["version"]
+    # The service reads the same identity back.
+    info = ModelMetadata.from_dict(metas[1])
+    assert (info.checkpoint_sha256, info.precision) == (file_sha256(other), "fp32")
+    assert info.score_floor == metas[1]["score_threshold"] > 0
+
+
+def test_default_model_version_needs_a_hex_digest():
+    assert default_model_version("AB" * 32) == "0.1.0+abababababab"
+    with pytest.raises(ValueError, match="sha256"):
+        default_model_version("not-a-digest")
+
+
 def test_export_at_another_test_scale_records_it_and_verifies(trained_checkpoint, tmp_path, capsys):
     path = tmp_path / "m480.onnx"
     code = cli_main(["export", "--checkpoint", str(trained_checkpoint), "--output", str(path),
-                     "--min-size", "256", "--max-size", "320"])  # fmt: skip
+                     "--min-size", "256", "--max-size", "320",
+                     "--model-version", "2.0.0-rc1"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
     assert "verification passed" in out
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["maskx"])
     assert (meta["min_size"], meta["max_size"]) == (256, 320)
+    assert meta["version"] == "2.0.0-rc1", "an explicit --model-version wins over the derived one"
     assert cli_main(["export", "--checkpoint", str(trained_checkpoint), "--output",
                      str(tmp_path / "bad.onnx"), "--min-size", "400", "--max-size", "300"]) == 2  # fmt: skip
     assert "--min-size" in capsys.readouterr().err
