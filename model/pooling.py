@@ -4,6 +4,7 @@ the ONNX export, in either box convention (:mod:`model.boxes`)."""
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
@@ -81,7 +82,13 @@ class MaskXRoIAlign(MultiScaleRoIAlign):
                 sampling_ratio=self.sampling_ratio,
                 aligned=False,
             )
-            # scatter (not index_put) so that the traced graph is one ScatterElements per level
-            index = idx.view(-1, 1, 1, 1).expand(-1, *pooled.shape[1:])
-            out = out.scatter(0, index, pooled.to(out.dtype))
+            if torchvision._is_tracing():
+                # scatter (not index_put) so that the traced graph is one ScatterElements per
+                # level
+                index = idx.view(-1, 1, 1, 1).expand(-1, *pooled.shape[1:])
+                out = out.scatter(0, index, pooled.to(out.dtype))
+            else:
+                # In place, as torchvision's pooler: an out-of-place scatter copies the whole
+                # [N, C, S, S] output per level, and its backward once more.
+                out[idx] = pooled.to(out.dtype)
         return out

@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import (
     ClassSpecificBoxPredictor,
+    ClassSpecificMaskPredictor,
     MLPMaskBranch,
     WeightTransfer,
     WeightTransferMaskPredictor,
@@ -183,3 +184,45 @@ def test_all_class_kernels_equal_per_label_kernels():
     w, b = pred.class_kernels(labels, box)
     assert b is None
     torch.testing.assert_close(w, w_all[labels - 1])
+
+
+class _NewStorage(TorchDispatchMode):
+    """Largest tensor an op writes to new memory (views of an input are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+        self.shape = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
+                continue
+            if t.numel() > self.max_numel:
+                self.max_numel, self.shape = t.numel(), tuple(t.shape)
+        return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_per_roi_kernels_equal_the_channel_sum_without_copies(n):
+    """The eager per-RoI 1×1 kernel: logits[i] = Σ_d x[i, d] · w[i, d] (+ b[i]), gradients
+    included, and no [N, D, M, M]-sized tensor besides the features themselves in the forward
+    pass (the broadcast form, kept for export, copies x and N·M·M expanded kernels)."""
+    d, m = 16, 28
+    predictor = ClassSpecificMaskPredictor(d, d, 5)
+    x = torch.randn(n, d, m, m, requires_grad=True)
+    w = torch.randn(n, d, requires_grad=True)
+    b = torch.randn(n)
+    with torch.no_grad(), _NewStorage() as rec:
+        predictor.logits_from_features(x, w, b)
+    assert rec.max_numel < max(n * d * m * m, 1), rec.shape
+    logits = predictor.logits_from_features(x, w, b)
+    expected = (x * w[:, :, None, None]).sum(1) + b[:, None, None]
+    torch.testing.assert_close(logits, expected)
+    upstream = torch.randn(n, m, m)
+    got = torch.autograd.grad(logits, (x, w), upstream)
+    want = torch.autograd.grad(expected, (x, w), upstream)
+    for g, e in zip(got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)  # sums of 784 products
