@@ -12,6 +12,7 @@ import pytest
 
 from service.batcher import Batcher
 from service.errors import ServiceError
+from service.metrics import ServiceMetrics
 from service.pipeline import infer_batch
 from service.preprocess import PreparedImage
 from tests.service.helpers import FakeRuntime
@@ -307,3 +308,72 @@ def test_drain_gives_up_after_its_timeout_and_refuses_what_is_still_queued() -> 
 
     asyncio.run(scenario())
     assert rt.calls == [1]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_batch_size": 0}, {"queue_size": 0}, {"max_batch_delay_s": -0.001}]
+)
+def test_each_bad_size_alone_is_refused(bad: dict) -> None:
+    (name, value), = bad.items()  # fmt: skip
+    with pytest.raises(ValueError, match=f"{name}={value}"):
+        make(FakeRuntime(), **bad)
+
+
+def test_the_batcher_counts_what_it_does_in_the_service_metrics() -> None:
+    """Queue capacity and depth, one batch-size and inference observation per runtime call, one
+    queue wait per request, a refusal counted under queue_full, a failed call counted."""
+    gate = threading.Event()
+    rt = FakeRuntime(gate=gate)
+    metrics = ServiceMetrics()
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    async def scenario() -> None:
+        b = make(rt, queue_size=3, metrics=metrics)
+        assert value("maskx_queue_capacity") == 3
+        b.start()
+        deadline = time.monotonic() + LONG_S
+        first = b.submit(image(), deadline)
+        while not rt.calls:  # the worker holds the first request at the gate
+            await asyncio.sleep(0.01)
+        queued = [b.submit(image(), deadline) for _ in range(3)]
+        assert value("maskx_queue_depth") == 3
+        with pytest.raises(ServiceError):
+            b.submit(image(), deadline)
+        gate.set()
+        await asyncio.gather(first, *queued)
+        rt.fail = True
+        await asyncio.gather(b.submit(image(), deadline), return_exceptions=True)
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert rt.calls == [1, 3, 1]
+    assert value("maskx_rejected_requests_total", reason="queue_full") == 1
+    assert value("maskx_batch_size_count") == 2 and value("maskx_batch_size_sum") == 4
+    assert value("maskx_inference_seconds_count") == 2
+    assert value("maskx_queue_wait_seconds_count") == 4
+    assert value("maskx_inference_failures_total") == 1
+    assert value("maskx_queue_depth") == 0
+
+
+def test_drain_cancels_a_warm_up_still_running() -> None:
+    """A worker drained while its warm-up runs never turns ready, even when the warm-up call
+    returns afterwards."""
+    gate = threading.Event()
+
+    async def scenario() -> bool:
+        b = make(FakeRuntime())
+        b.start(lambda: gate.wait(LONG_S))
+        await asyncio.sleep(0)  # the warm-up task starts its call on the inference thread
+        await b.drain()
+        gate.set()
+        # The inference thread ends only after the warm-up call returned and handed its result
+        # to the loop; the two yields then let the warm-up task take it, had it not been
+        # cancelled.
+        await asyncio.to_thread(b.executor.shutdown, True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return b.ready
+
+    assert asyncio.run(scenario()) is False
