@@ -237,14 +237,20 @@ def run_module(source: Path, module: str, sample: int | None, jobs: int, out_roo
     chosen = spread(everything, sample)
     print(f"== {module}: {len(chosen)} of {len(everything)} mutants; tests: {' '.join(tests)}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKX_MUTATION": "1"}
-    # Names on the command line are always re-run, so results are never stale.
-    subprocess.run(
-        [_mutmut(), "run", "--max-children", str(jobs), *chosen], cwd=folder, env=env,
-        check=False, stdout=subprocess.DEVNULL if not os.environ.get("MUTATION_VERBOSE") else None,
-    )  # fmt: skip
+    # Names on the command line are always re-run, so results are never stale. mutmut's own
+    # output (its progress, and why it stopped if it did) goes to mutmut.log.
+    with (folder / "mutmut.log").open("w") as log:
+        done = subprocess.run(
+            [_mutmut(), "run", "--max-children", str(jobs), *chosen], cwd=folder, env=env,
+            check=False, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    if done.returncode != 0:
+        tail = (folder / "mutmut.log").read_text(errors="replace")[-3000:]
+        print(f"{module}: mutmut exited {done.returncode}; end of {folder}/mutmut.log:\n{tail}")
     summary = {
         "module": module,
         "source": str(source),
+        "mutmut_exit_code": done.returncode,
         "tests": tests,
         "sampled": sample is not None and sample < len(everything),
         "mutants_in_module": len(everything),
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for s in summaries:
         print(_line(s))
-    return 0
+    return 1 if any(s["mutmut_exit_code"] for s in summaries) else 0
 
 
 if __name__ == "__main__":
