@@ -185,6 +185,8 @@ def workspace(source: Path, module: str, target: Target, out: Path) -> tuple[Pat
     settings = {
         "source_paths": list(PACKAGES),
         "only_mutate": [module],
+        # mutmut copies tests/ into mutants/ itself; the rest is what the tests read beside it.
+        "also_copy": [name for name in ALSO if name != "tests" and (source / name).exists()],
         "pytest_add_cli_args_test_selection": tests,
         "pytest_add_cli_args": ["-p", "no:cacheprovider"],
         # Torch is not fork-safe once its thread pools have run: fork each mutant's process from
