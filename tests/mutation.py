@@ -61,6 +61,9 @@ TARGETS: dict[str, Target] = {
         tests=(
             "tests/service/test_postprocess.py",
             "tests/service/test_detectron_paste.py",
+            "tests/service/test_detectron_rules.py",
+            "tests/service/test_bounds.py::test_mask_area_over_the_cap_is_refused_before_any_paste",
+            "tests/service/test_bounds.py::test_groups_and_bands_change_no_mask",
         ),
     ),
     "service/batcher.py": Target(tests=("tests/service/test_batcher.py",)),
