@@ -377,3 +377,76 @@ def test_drain_cancels_a_warm_up_still_running() -> None:
         return b.ready
 
     assert asyncio.run(scenario()) is False
+
+
+def test_not_idle_while_a_batch_runs() -> None:
+    gate = threading.Event()
+    rt = FakeRuntime(gate=gate)
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        b = make(rt, max_batch_delay_s=0)
+        b.start()
+        before = b.idle
+        result = b.submit(image(), time.monotonic() + LONG_S)
+        while not rt.calls:  # the batch is at the runtime, the queue is empty
+            await asyncio.sleep(0.01)
+        running = b.idle
+        gate.set()
+        await result
+        after = b.idle
+        await b.drain()
+        return before, running, after
+
+    assert asyncio.run(scenario()) == (True, False, True)
+
+
+def test_a_batch_waits_for_the_warm_up_on_the_one_inference_thread() -> None:
+    """Warm-up and batches share one inference thread: a request submitted during a warm-up
+    runs after it, on the same thread, never beside it on a second one."""
+    gate = threading.Event()
+    threads: list[str] = []
+    rt = FakeRuntime()
+
+    def infer(imgs: list) -> list:
+        threads.append(threading.current_thread().name)
+        return infer_batch(rt, imgs)
+
+    def warmup() -> None:
+        threads.append(threading.current_thread().name)
+        gate.wait(LONG_S)
+
+    async def scenario() -> None:
+        b = Batcher(infer, max_batch_size=4, max_batch_delay_s=0, queue_size=4)
+        b.start(warmup)
+        while not threads:  # the warm-up holds the thread
+            await asyncio.sleep(0.01)
+        result = b.submit(image(), time.monotonic() + LONG_S)
+        gate.set()
+        await result
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert len(threads) == 2 and threads[0] == threads[1], threads
+
+
+def test_drain_during_a_batch_still_filling_stops_the_worker_at_once() -> None:
+    """A batch waiting for a companion that is on its way when the server drains: the drain's
+    stop marker ends the batch and the worker together, so drain returns as soon as the batch is
+    answered instead of waiting out its timeout for a worker that kept listening."""
+    rt = FakeRuntime()
+
+    async def scenario() -> tuple[float, int]:
+        b = make(rt, max_batch_delay_s=LONG_S)
+        b.start()
+        with b.arriving():  # a companion is decoding: the batch waits for it
+            result = b.submit(image(), time.monotonic() + LONG_S)
+            await asyncio.sleep(0)  # the worker takes the request and starts filling
+            t0 = time.monotonic()
+            await b.drain(timeout_s=LONG_S)
+            elapsed = time.monotonic() - t0
+        out = await result
+        return elapsed, out.batch_size
+
+    elapsed, batch_size = asyncio.run(scenario())
+    assert batch_size == 1
+    assert elapsed < LONG_S / 2, f"drain waited {elapsed:.1f} s for a worker that did not stop"
