@@ -100,6 +100,7 @@ TARGETS: dict[str, Target] = {
             "tests/training/test_checkpoint_loading.py",
             "tests/training/test_resume_guard.py",
             "tests/training/test_fileio.py",
+            "tests/training/test_stage_init.py",
         ),
     ),
     # Only the resume path of the trainer: saving, the same-run check, restoring, skipping the
