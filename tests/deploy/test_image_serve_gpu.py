@@ -89,14 +89,16 @@ def test_without_a_gpu_the_worker_exits_and_names_the_reason(image: str, model_d
     remove_container(name)
     try:
         # The image's own settings, nothing overridden: it must stop by itself, not serve.
-        proc = run(
-            ["docker", "run", "--name", name, "-v", f"{model_dir}:/models:ro", image],
-            check=False, timeout=180,
-        )  # fmt: skip
+        run(["docker", "run", "-d", "--name", name, "-v", f"{model_dir}:/models:ro", image])
+        try:
+            code = run(["docker", "wait", name], timeout=180).stdout.strip()
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker kept running for 180 s without its GPU", pytrace=False)
+        proc = run(["docker", "logs", name], check=False)
     finally:
         remove_container(name)
     log = proc.stdout + proc.stderr
-    assert proc.returncode != 0, f"the worker served without its GPU:\n{log[-3000:]}"
+    assert code != "0", f"the worker exited 0 without its GPU:\n{log[-3000:]}"
     assert "MASKX_PROVIDERS=cuda,cpu" in log and "CUDA" in log, log[-3000:]
     assert "no NVIDIA driver" in log, log[-3000:]
     assert "MASKX_ALLOW_CPU_FALLBACK=true" in log, "the message says how to serve anyway"
