@@ -61,14 +61,15 @@ test-all: setup system-deps docker-engine
 
 ## mutation: mutation testing (mutmut) of the modules where a silent error costs users most, each
 ## with its own tests (docs/testing.md); not part of `make test`. MODULE=service/postprocess.py runs
-## one module; SAMPLE=N runs N mutants per module spread evenly (the same N picks the same ones),
-## SAMPLE=all every mutant (hours). Results: artifacts/mutation/<module>/score.json
+## one module; SAMPLE=N runs N mutants per module spread evenly (the same N picks the same ones;
+## default: each module's own count, under an hour in all), SAMPLE=all every mutant (hours).
+## Results: artifacts/mutation/<module>/score.json
 MODULE ?=
-SAMPLE ?= 40
+SAMPLE ?=
 MUTMUT_VERSION := 3.8.1
 mutation: setup
 	$(BIN)/python -m pip install --quiet mutmut==$(MUTMUT_VERSION)
-	nice -n 10 $(BIN)/python -m tests.mutation $(if $(MODULE),--module $(MODULE)) $(if $(filter all,$(SAMPLE)),,--sample $(SAMPLE))
+	nice -n 10 $(BIN)/python -m tests.mutation $(if $(MODULE),--module $(MODULE)) $(if $(SAMPLE),--sample $(SAMPLE))
 
 ## locks: regenerate deploy/requirements/*.txt from pyproject.toml's extras (needs PyPI)
 locks: setup

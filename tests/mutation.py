@@ -15,11 +15,12 @@ read without touching another's results::
     python -m tests.mutation --source /tmp/other-checkout     # another checkout's code and tests
 
 ``--sample N`` runs N mutants spread evenly over the module's sorted mutant names (the same N
-always picks the same mutants), for a module whose full run would be too long. The summary line
+always picks the same mutants); without it each module runs its own default count
+(``Target.sample``), and ``--sample all`` runs every mutant (hours). The summary line
 of each module (killed / survived / timeout / no tests, and the score) is printed and written to
 ``artifacts/mutation/<module>/score.json``; ``--survivors`` prints the diff of each survivor.
 
-Not part of ``make test``: a full run takes tens of minutes on two cores.
+Not part of ``make test``: the default run takes tens of minutes on two cores.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Target:
 
     tests: tuple[str, ...]
     functions: tuple[str, ...] = field(default_factory=tuple)
+    # Mutants run by default (spread evenly): sized so that every module together stays well
+    # under an hour on two cores; an export mutant costs a minute, a service one seconds.
+    sample: int = 40
 
 
 TARGETS: dict[str, Target] = {
@@ -73,6 +77,7 @@ TARGETS: dict[str, Target] = {
             "tests/training/export/test_padded_batch.py",
             "tests/training/export/test_export_predictors.py",
         ),
+        sample=10,
     ),
     "model/postprocess.py": Target(
         tests=(
@@ -118,6 +123,7 @@ TARGETS: dict[str, Target] = {
             "xǁ_SkipBatchesǁ*",
             "x__epoch_batches",
         ),
+        sample=15,
     ),
 }
 
@@ -159,8 +165,6 @@ def spread(names: list[str], n: int | None) -> list[str]:
     """``n`` names spread evenly over ``names`` (all of them when ``n`` is None or larger)."""
     if n is None or n >= len(names):
         return names
-    if n <= 0:
-        raise ValueError(f"--sample must be positive, got {n}")
     return [names[(i * len(names)) // n] for i in range(n)]
 
 
@@ -236,8 +240,12 @@ def score(status: dict[str, str]) -> dict[str, object]:
     }
 
 
-def run_module(source: Path, module: str, sample: int | None, jobs: int, out_root: Path) -> dict:
+def run_module(
+    source: Path, module: str, sample: int | str | None, jobs: int, out_root: Path
+) -> dict:
+    """Run ``module``'s mutants (``sample``: a count, ``"all"``, or None for its default)."""
     target = TARGETS[module]
+    sample = None if sample == "all" else target.sample if sample is None else int(sample)
     folder, tests = workspace(source, module, target, out_root / slug(module))
     everything = mutant_names(folder, module, target)
     chosen = spread(everything, sample)
@@ -276,6 +284,14 @@ def _line(s: dict) -> str:
     )
 
 
+def _sample(text: str) -> int | str:
+    if text == "all":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive count or 'all', got {text!r}")
+    return int(text)
+
+
 def show_survivors(folder: Path, names: list[str]) -> None:
     for name in names:
         subprocess.run([_mutmut(), "show", name], cwd=folder, check=False)
@@ -285,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__)
     parser.add_argument("--module", choices=sorted(TARGETS), action="append",
                         help="a module to mutate (repeatable); all of them by default")  # fmt: skip
-    parser.add_argument("--sample", type=int, default=None,
-                        help="run this many mutants per module, spread evenly (deterministic)")  # fmt: skip
+    parser.add_argument("--sample", type=_sample, default=None,
+                        help="mutants per module, spread evenly (deterministic), or 'all'; "
+                        "default: each module's own (TARGETS)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at once")
     parser.add_argument("--source", type=Path, default=REPO,
                         help="checkout whose code and tests are used (default: this one)")  # fmt: skip
