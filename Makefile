@@ -10,7 +10,7 @@ DEMO_MODEL := $(DEMO_DIR)/model.onnx
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps docker-engine locks test test-docker test-all lint format demo demo-model bench clean
+.PHONY: setup system-deps docker-engine locks test test-docker test-all mutation lint format demo demo-model bench clean
 
 ## setup: create .venv/ with the train, serve and dev extras (editable install)
 setup: $(STAMP)
@@ -58,6 +58,18 @@ test-docker: setup system-deps docker-engine
 ## test-all: every test, the slow ones included
 test-all: setup system-deps docker-engine
 	$(BIN)/pytest -m ""
+
+## mutation: mutation testing (mutmut) of the modules where a silent error costs users most, each
+## with its own tests (docs/testing.md); not part of `make test`. MODULE=service/postprocess.py runs
+## one module; SAMPLE=N runs N mutants per module spread evenly (the same N picks the same ones;
+## default: each module's own count, under an hour in all), SAMPLE=all every mutant (hours).
+## Results: artifacts/mutation/<module>/score.json
+MODULE ?=
+SAMPLE ?=
+MUTMUT_VERSION := 3.8.1
+mutation: setup
+	$(BIN)/python -m pip install --quiet mutmut==$(MUTMUT_VERSION)
+	nice -n 10 $(BIN)/python -m tests.mutation $(if $(MODULE),--module $(MODULE)) $(if $(SAMPLE),--sample $(SAMPLE))
 
 ## locks: regenerate deploy/requirements/*.txt from pyproject.toml's extras (needs PyPI)
 locks: setup

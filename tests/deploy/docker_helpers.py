@@ -191,6 +191,32 @@ def remove_container(name: str) -> None:
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60, check=False)
 
 
+def start_container(
+    image: str, model_dir: Path, name: str, *, docker_args: Sequence[str] = (), **env: str
+) -> str:
+    """``docker run -d`` of a serving image with ``model_dir`` mounted at /models; waits until
+    /readyz answers 200 (fails with the container's log if it exits first). Returns its URL."""
+    port = free_port()
+    remove_container(name)
+    args = ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000", *docker_args]
+    # The image's own HEALTHCHECK command, probed more often than its 15 s so the test is quick.
+    args += ["--health-interval", "2s", "-v", f"{model_dir}:/models:ro"]
+    for key, value in {"MASKX_LOG_LEVEL": "warning", **env}.items():
+        args += ["-e", f"{key}={value}"]
+    run([*args, image])
+    url = f"http://127.0.0.1:{port}"
+
+    def dead() -> str | None:
+        state = container_state(name)
+        if state["Status"] == "exited":
+            logs = run(["docker", "logs", name], check=False)
+            return f"container exited {state['ExitCode']}:\n{logs.stdout}\n{logs.stderr}"
+        return None
+
+    wait_ready(url, 180, dead)
+    return url
+
+
 def segment(url: str, image: Path = SAMPLE_IMAGE, timeout: float = 60) -> dict:
     """POST /segment with every detection kept (score_threshold=0)."""
     response = httpx.post(

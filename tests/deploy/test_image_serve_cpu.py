@@ -27,12 +27,11 @@ from tests.deploy.docker_helpers import (
     container_state,
     ensure_engine,
     export_tiny_model,
-    free_port,
     host_worker,
     remove_container,
     run,
     segment,
-    wait_ready,
+    start_container,
 )
 
 pytestmark = pytest.mark.docker
@@ -72,32 +71,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _start(image: str, model_dir: Path, name: str, **env: str) -> str:
-    port = free_port()
-    remove_container(name)
-    args = ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000"]
-    # The image's own HEALTHCHECK command, probed more often than its 15 s so the test is quick.
-    args += ["--health-interval", "2s", "-v", f"{model_dir}:/models:ro"]
-    for key, value in {"MASKX_LOG_LEVEL": "warning", **env}.items():
-        args += ["-e", f"{key}={value}"]
-    run([*args, image])
-    url = f"http://127.0.0.1:{port}"
-
-    def dead() -> str | None:
-        state = container_state(name)
-        if state["Status"] == "exited":
-            logs = run(["docker", "logs", name], check=False)
-            return f"container exited {state['ExitCode']}:\n{logs.stdout}\n{logs.stderr}"
-        return None
-
-    wait_ready(url, 180, dead)
-    return url
-
-
 @pytest.fixture(scope="module")
 def container(image: str, model_dir: Path) -> Iterator[tuple[str, str]]:
     name = f"{TEST_PREFIX}-serve-cpu"
-    url = _start(image, model_dir, name)
+    url = start_container(image, model_dir, name)
     try:
         yield name, url
     finally:
@@ -155,7 +132,7 @@ def test_docker_stop_drains_an_in_flight_request(image: str, model_dir: Path) ->
     being ready (/readyz 503) but finishes that request (200, detections), then exits 0 well
     before the stop timeout would kill it."""
     name = f"{TEST_PREFIX}-serve-cpu-drain"
-    url = _start(image, model_dir, name)
+    url = start_container(image, model_dir, name)
     try:
         body = SAMPLE_IMAGE.read_bytes()
         release = threading.Event()

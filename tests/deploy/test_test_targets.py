@@ -45,3 +45,43 @@ def test_make_test_starts_the_engine_first() -> None:
         ["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert dry.index("docker-engine.sh") < dry.index("pytest"), dry
+
+
+def test_mutation_testing_is_its_own_target() -> None:
+    """`make mutation` runs the mutation driver (one module when asked); `make test` never does."""
+    for target in ("test", "test-docker", "test-all"):
+        dry = subprocess.run(
+            ["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert "mutmut" not in dry and "tests.mutation" not in dry, (target, dry)
+    one = subprocess.run(
+        ["make", "-n", "mutation", "MODULE=model/losses.py", "SAMPLE=5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "-m tests.mutation --module model/losses.py --sample 5" in one, one
+
+
+def test_every_mutation_target_names_existing_tests() -> None:
+    from tests.mutation import TARGETS
+
+    for module, target in TARGETS.items():
+        assert (ROOT / module).is_file(), f"{module} has moved: update tests/mutation.py"
+        for test in target.tests:
+            assert (ROOT / test.split("::")[0]).is_file(), (module, test)
+
+
+def test_every_mutation_function_pattern_matches_a_function_of_its_module() -> None:
+    """A target scoped to some functions (the trainer's resume path) must name functions that
+    exist: a renamed or moved one would silently drop out of the mutation run."""
+    import ast
+    import fnmatch
+
+    from tests.mutation import TARGETS
+
+    for module, target in TARGETS.items():
+        tree = ast.parse((ROOT / module).read_text(encoding="utf-8"))
+        names = {f"x_{n.name}" for n in tree.body if isinstance(n, ast.FunctionDef)}
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            names |= {f"xǁ{cls.name}ǁ{m.name}" for m in cls.body if isinstance(m, ast.FunctionDef)}
+        for pattern in target.functions:
+            assert fnmatch.filter(names, pattern), f"{module}: no function matches {pattern!r}"

@@ -22,7 +22,7 @@ from model import ConfigError, ModelConfig, build_model
 from model.anchors import DetectronAnchorGenerator, detectron_cell_anchors, nominal_stride
 from model.boxes import clip_boxes, fpn_levels, padded_sizes, roi_align_boxes
 from model.pooling import MaskXRoIAlign
-from model.postprocess import select_detections, select_proposals
+from model.postprocess import rank_within_group, select_detections, select_proposals
 
 from . import detectron_reference as ref
 from .helpers import tiny_config
@@ -452,3 +452,13 @@ def test_a_model_with_detectron_conventions_trains(batch) -> None:
     grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_rank_within_group_counts_each_groups_elements_in_input_order():
+    """The rank that bounds the candidates per image: each element's position among the earlier
+    elements of its own group, as an int64 tensor, whatever the other groups hold."""
+    group = torch.tensor([1, 0, 1, 1, 2, 0, 1])
+    rank = rank_within_group(group, 3)
+    assert rank.dtype == torch.int64
+    assert rank.tolist() == [0, 0, 1, 2, 0, 1, 3]
+    assert rank_within_group(torch.zeros(0, dtype=torch.int64), 2).tolist() == []

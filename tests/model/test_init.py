@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import ModelConfig, build_model
-from model.predictors import ClassSpecificBoxPredictor, WeightTransfer
+from model.predictors import ClassSpecificBoxPredictor, WeightTransfer, WeightTransferMaskPredictor
 
 
 def _std(t: torch.Tensor) -> float:
@@ -82,3 +82,21 @@ def test_random_and_attribute_tau_read_fixed_class_vectors(tmp_path):
     path.write_text(json.dumps([[0.0, 1.0]] * 5))
     with pytest.raises(ValueError, match="must hold 6 vectors"):
         build_model(base.replace(transfer_input="attribute", class_vectors=str(path)))
+
+
+def test_box_deltas_of_one_class_equal_the_full_regression_with_its_bias():
+    """``box_deltas`` gathers each RoI's class rows of ``bbox_pred``: the same four numbers as
+    the full [R, 4(K+1)] product, bias included (the paper's init sets it to zero, training does
+    not keep it there)."""
+    torch.manual_seed(0)
+    predictor = ClassSpecificBoxPredictor(16, 5, init="torch")
+    torch.nn.init.normal_(predictor.bbox_pred.bias)
+    x = torch.randn(7, 16)
+    labels = torch.tensor([0, 1, 4, 4, 2, 3, 1])
+    full = predictor(x)[1].view(7, 5, 4)[torch.arange(7), labels]
+    torch.testing.assert_close(predictor.box_deltas(x, labels), full)
+
+
+def test_an_unknown_transfer_input_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"transfer_input='word'.*allowed values: \['cls', 'box'"):
+        WeightTransferMaskPredictor(8, 8, 16, transfer_input="word")

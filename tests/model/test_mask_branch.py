@@ -114,6 +114,31 @@ def test_partial_mask_loss_matches_bce_on_projected_targets():
     assert good * 50 < bad
 
 
+def test_partial_mask_loss_of_a_single_roi_over_images_without_rois():
+    """One supervised RoI in the batch, beside an image with none and an image without masks:
+    the loss is its BCE (log 2 for zero logits on an all-ones target), not the empty loss."""
+    masks = torch.ones(1, 32, 32, dtype=torch.uint8)
+    logits = torch.zeros(1, 28, 28)
+    no_rois, no_idxs = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+    loss = partial_mask_loss(
+        logits,
+        [no_rois, torch.tensor([[4.0, 4.0, 20.0, 20.0]]), no_rois],
+        [masks, masks, None],
+        [no_idxs, torch.tensor([0]), no_idxs],
+    )
+    torch.testing.assert_close(loss, torch.log(torch.tensor(2.0)))
+
+
+def test_partial_mask_loss_refuses_per_image_lists_of_different_lengths():
+    boxes, masks, idxs = (
+        torch.tensor([[0.0, 0.0, 8.0, 8.0]]),
+        torch.ones(1, 16, 16),
+        torch.tensor([0]),
+    )
+    with pytest.raises(ValueError):
+        partial_mask_loss(torch.zeros(1, 28, 28), [boxes], [masks], [idxs, idxs])
+
+
 class _MaxNumel(TorchDispatchMode):
     """Records the largest tensor any aten op produces."""
 

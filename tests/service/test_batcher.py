@@ -12,6 +12,7 @@ import pytest
 
 from service.batcher import Batcher
 from service.errors import ServiceError
+from service.metrics import ServiceMetrics
 from service.pipeline import infer_batch
 from service.preprocess import PreparedImage
 from tests.service.helpers import FakeRuntime
@@ -307,3 +308,145 @@ def test_drain_gives_up_after_its_timeout_and_refuses_what_is_still_queued() -> 
 
     asyncio.run(scenario())
     assert rt.calls == [1]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_batch_size": 0}, {"queue_size": 0}, {"max_batch_delay_s": -0.001}]
+)
+def test_each_bad_size_alone_is_refused(bad: dict) -> None:
+    (name, value), = bad.items()  # fmt: skip
+    with pytest.raises(ValueError, match=f"{name}={value}"):
+        make(FakeRuntime(), **bad)
+
+
+def test_the_batcher_counts_what_it_does_in_the_service_metrics() -> None:
+    """Queue capacity and depth, one batch-size and inference observation per runtime call, one
+    queue wait per request, a refusal counted under queue_full, a failed call counted."""
+    gate = threading.Event()
+    rt = FakeRuntime(gate=gate)
+    metrics = ServiceMetrics()
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    async def scenario() -> None:
+        b = make(rt, queue_size=3, metrics=metrics)
+        assert value("maskx_queue_capacity") == 3
+        b.start()
+        deadline = time.monotonic() + LONG_S
+        first = b.submit(image(), deadline)
+        while not rt.calls:  # the worker holds the first request at the gate
+            await asyncio.sleep(0.01)
+        queued = [b.submit(image(), deadline) for _ in range(3)]
+        assert value("maskx_queue_depth") == 3
+        with pytest.raises(ServiceError):
+            b.submit(image(), deadline)
+        gate.set()
+        await asyncio.gather(first, *queued)
+        rt.fail = True
+        await asyncio.gather(b.submit(image(), deadline), return_exceptions=True)
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert rt.calls == [1, 3, 1]
+    assert value("maskx_rejected_requests_total", reason="queue_full") == 1
+    assert value("maskx_batch_size_count") == 2 and value("maskx_batch_size_sum") == 4
+    assert value("maskx_inference_seconds_count") == 2
+    assert value("maskx_queue_wait_seconds_count") == 4
+    assert value("maskx_inference_failures_total") == 1
+    assert value("maskx_queue_depth") == 0
+
+
+def test_drain_cancels_a_warm_up_still_running() -> None:
+    """A worker drained while its warm-up runs never turns ready, even when the warm-up call
+    returns afterwards."""
+    gate = threading.Event()
+
+    async def scenario() -> bool:
+        b = make(FakeRuntime())
+        b.start(lambda: gate.wait(LONG_S))
+        await asyncio.sleep(0)  # the warm-up task starts its call on the inference thread
+        await b.drain()
+        gate.set()
+        # The inference thread ends only after the warm-up call returned and handed its result
+        # to the loop; the two yields then let the warm-up task take it, had it not been
+        # cancelled.
+        await asyncio.to_thread(b.executor.shutdown, True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return b.ready
+
+    assert asyncio.run(scenario()) is False
+
+
+def test_not_idle_while_a_batch_runs() -> None:
+    gate = threading.Event()
+    rt = FakeRuntime(gate=gate)
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        b = make(rt, max_batch_delay_s=0)
+        b.start()
+        before = b.idle
+        result = b.submit(image(), time.monotonic() + LONG_S)
+        while not rt.calls:  # the batch is at the runtime, the queue is empty
+            await asyncio.sleep(0.01)
+        running = b.idle
+        gate.set()
+        await result
+        after = b.idle
+        await b.drain()
+        return before, running, after
+
+    assert asyncio.run(scenario()) == (True, False, True)
+
+
+def test_a_batch_waits_for_the_warm_up_on_the_one_inference_thread() -> None:
+    """Warm-up and batches share one inference thread: a request submitted during a warm-up
+    runs after it, on the same thread, never beside it on a second one."""
+    gate = threading.Event()
+    threads: list[str] = []
+    rt = FakeRuntime()
+
+    def infer(imgs: list) -> list:
+        threads.append(threading.current_thread().name)
+        return infer_batch(rt, imgs)
+
+    def warmup() -> None:
+        threads.append(threading.current_thread().name)
+        gate.wait(LONG_S)
+
+    async def scenario() -> None:
+        b = Batcher(infer, max_batch_size=4, max_batch_delay_s=0, queue_size=4)
+        b.start(warmup)
+        while not threads:  # the warm-up holds the thread
+            await asyncio.sleep(0.01)
+        result = b.submit(image(), time.monotonic() + LONG_S)
+        gate.set()
+        await result
+        await b.drain()
+
+    asyncio.run(scenario())
+    assert len(threads) == 2 and threads[0] == threads[1], threads
+
+
+def test_drain_during_a_batch_still_filling_stops_the_worker_at_once() -> None:
+    """A batch waiting for a companion that is on its way when the server drains: the drain's
+    stop marker ends the batch and the worker together, so drain returns as soon as the batch is
+    answered instead of waiting out its timeout for a worker that kept listening."""
+    rt = FakeRuntime()
+
+    async def scenario() -> tuple[float, int]:
+        b = make(rt, max_batch_delay_s=LONG_S)
+        b.start()
+        with b.arriving():  # a companion is decoding: the batch waits for it
+            result = b.submit(image(), time.monotonic() + LONG_S)
+            await asyncio.sleep(0)  # the worker takes the request and starts filling
+            t0 = time.monotonic()
+            await b.drain(timeout_s=LONG_S)
+            elapsed = time.monotonic() - t0
+        out = await result
+        return elapsed, out.batch_size
+
+    elapsed, batch_size = asyncio.run(scenario())
+    assert batch_size == 1
+    assert elapsed < LONG_S / 2, f"drain waited {elapsed:.1f} s for a worker that did not stop"

@@ -201,6 +201,8 @@ def test_mask_area_over_the_cap_is_refused_before_any_paste() -> None:
     refuse_s = time.perf_counter() - t
     assert err.value.code == "mask_area_too_large" and err.value.status == 422
     assert "MASKX_MAX_MASK_PIXELS" in err.value.message and "200000000" in err.value.message
+    # It says what the client can change: the parameters that shrink the mask area.
+    assert "raise score_threshold, lower max_detections" in err.value.message, err.value.message
     assert refuse_s < one_mask_s, (refuse_s, one_mask_s)
     # masks=none needs no paste: the same request answers
     dets = postprocess_detections(
