@@ -1170,7 +1170,7 @@ def main(args: argparse.Namespace) -> int:
         chart = args.chart or out / "experiment_mask_ap.png"
         counts = {len(e["seeds"]) for e in finished(summary).values()}
         over = (f"{counts.pop()} seed(s)" if len(counts) == 1 and not results["missing_runs"]
-                else f"the finished seeds of {len(seeds)} (n shown where fewer)")  # fmt: skip
+                else f"finished seeds (n shown if < {len(seeds)})")  # fmt: skip
         title = (f"{dataset_title(dataset_meta)}, {s.max_iter} steps × {s.batch_size} images, "
                  f"mean ± std over {over}")  # fmt: skip
         print(f"chart: {plot_chart(summary, chart, title)}")
