@@ -840,7 +840,7 @@ def plot_chart(
               for n in names]  # fmt: skip
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("AP (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 100), fontsize=10)  # a long title wraps, not clips
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
