@@ -169,7 +169,8 @@ VARIANTS.update(
         ),
     }
 )
-# The Deep-MARC comparison (`--deep-marc`), in the order the runs start.
+# The Deep-MARC comparison (`--deep-marc`). Its runs start in plan_runs' order (VARIANTS'
+# order within each seed: the oracle and transfer + MLP first), not in this tuple's.
 DEEP_MARC_VARIANTS = ("agnostic_mlp", "oracle", "agnostic_mlp_gt", "agnostic_mlp_gt_resnet4",
                       "agnostic_mlp_gt_resnet8", "transfer_mlp", "transfer_mlp_gt",
                       "transfer_gt_resnet8")  # fmt: skip
@@ -693,20 +694,32 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
+    if len(values) < 2:  # one seed has no spread to state (not a spread of 0)
+        return mean, None
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
     return mean, math.sqrt(var)
 
 
-def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and sample standard deviation over seeds, per variant and metric."""
+def summarise(
+    rows: Sequence[dict[str, Any]],
+    variants: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation over the seeds that finished, per variant and metric.
+
+    With the planned ``variants`` and ``seeds``, a partial experiment says what is missing: each
+    entry lists ``missing_seeds``, and a planned variant without a finished run gets an entry
+    with no seeds and every mean None. The std of a single seed is None, not 0.
+    """
     out: dict[str, dict[str, Any]] = {}
+    planned = set(variants or ())
     for variant in DISPLAY_ORDER:
         mine = [r for r in rows if r["variant"] == variant]
-        if not mine:
+        if not mine and variant not in planned:
             continue
         entry: dict[str, Any] = {"label": VARIANTS[variant][0], "seeds": [r["seed"] for r in mine]}
+        if seeds is not None:
+            entry["missing_seeds"] = [s for s in seeds if s not in entry["seeds"]]
         extra = [k for k in DIAGNOSTIC_KEYS if any(r.get(k) is not None for r in mine)]
         for key in [k for k, *_ in METRICS] + extra:
             values = [r[key] for r in mine if r.get(key) is not None]
@@ -717,6 +730,30 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             }
         out[variant] = entry
     return out
+
+
+def finished(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries of ``summary`` with at least one finished seed (what a chart can show)."""
+    return {v: e for v, e in summary.items() if e["seeds"]}
+
+
+def seeds_cell(entry: dict[str, Any]) -> str:
+    """``3`` for a complete variant; ``1 of 3 (missing 1, 2)`` or ``0 of 3 (not run yet)``."""
+    n, missing = len(entry["seeds"]), entry.get("missing_seeds") or []
+    if not missing:
+        return str(n)
+    if not n:
+        return f"0 of {len(missing)} (not run yet)"
+    return f"{n} of {n + len(missing)} (missing {', '.join(str(s) for s in missing)})"
+
+
+def mean_std_cell(stat: dict[str, Any] | None, empty: str = "n/a") -> str:
+    """``12.34 ± 1.05``; ``12.34 (n=1)`` for a single seed (no spread to state)."""
+    if not stat or stat.get("mean") is None:
+        return empty
+    if stat.get("std") is None:
+        return f"{stat['mean']:.2f} (n=1)"
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
 def gap_share(
@@ -738,17 +775,16 @@ def gap_share(
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table: mean ± std over seeds of each metric (AP in percent)."""
+    """A Markdown table: mean ± std over the finished seeds of each metric (AP in percent);
+    the seeds column says how many finished and, for a partial experiment, which are missing."""
     cols = [("mask AP B", "mask_AP_B"), ("mask AP50 B", "mask_AP50_B"),
             ("mask AP A", "mask_AP_A"), ("box AP B", "box_AP_B"), ("box AP all", "box_AP_all")]  # fmt: skip
     lines = ["| variant | seeds | " + " | ".join(c for c, _ in cols) + " |",
              "|---|---|" + "---|" * len(cols)]  # fmt: skip
     for entry in summary.values():
-        cells = []
-        for _, key in cols:
-            m, s = entry[key]["mean"], entry[key]["std"]
-            cells.append("n/a" if m is None else f"{m:.2f} ± {s:.2f}")
-        lines.append(f"| {entry['label']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+        empty = "n/a" if entry["seeds"] else "–"
+        cells = [mean_std_cell(entry[key], empty) for _, key in cols]
+        lines.append(f"| {entry['label']} | {seeds_cell(entry)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -761,11 +797,7 @@ def format_diagnostics_table(summary: dict[str, dict[str, Any]]) -> str:
     lines = ["| variant | " + " | ".join(c for c, _ in cols) + " |",
              "|---|" + "---|" * len(cols)]  # fmt: skip
     for entry in summary.values():
-        cells = []
-        for _, key in cols:
-            stat = entry.get(key)
-            cells.append("–" if not stat or stat["mean"] is None
-                         else f"{stat['mean']:.2f} ± {stat['std']:.2f}")  # fmt: skip
+        cells = [mean_std_cell(entry.get(key), "–") for _, key in cols]
         lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -778,13 +810,14 @@ def plot_chart(
     what: str = "mask AP",
 ) -> Path:
     """Bar chart: ``keys`` = (on B, on A) per variant (B dark, A light), error bars = std over
-    seeds; ``what`` names the figure in the legend."""
+    seeds; ``what`` names the figure in the legend. A variant with seeds missing has its n
+    under its name; one with no finished seed is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
+    names = list(finished(summary))
     x = list(range(len(names)))
 
     def series(key: str) -> tuple[list[float], list[float]]:
@@ -802,10 +835,12 @@ def plot_chart(
            label=f"{what} on A")  # fmt: skip
     for i, m, sd in zip(x, b_mean, b_std, strict=True):  # above the error bar, not on it
         ax.text(i - w / 2, m + sd + 0.4, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
-    labels = [textwrap.fill(summary[n]["label"], 16, break_on_hyphens=False) for n in names]
+    labels = [textwrap.fill(summary[n]["label"], 16, break_on_hyphens=False)
+              + (f"\n(n={len(summary[n]['seeds'])})" if summary[n].get("missing_seeds") else "")
+              for n in names]  # fmt: skip
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("AP (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 100), fontsize=10)  # a long title wraps, not clips
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -1088,7 +1123,7 @@ def main(args: argparse.Namespace) -> int:
                               ("ceiling", args.transfer_diagnostics),
                               *((k, args.transfer_diagnostics) for k in DIAGNOSTIC_KEYS)) if not ran],
     )  # fmt: skip
-    summary = summarise(rows)
+    summary = summarise(rows, [v for v in args.variants if v not in STEPS], seeds)
     # Each share on end-to-end mask AP B and, where measured, with every true box given (the
     # mask branch alone); a share whose variants did not run is None.
     shares = {
@@ -1131,11 +1166,13 @@ def main(args: argparse.Namespace) -> int:
                   f"{row['variant']}/seed{row['seed']}: "
                   + "; ".join(f"{k} " + "/".join(str(x) for x in v.values())
                               for k, v in row["nearest_a_class"].items()))  # fmt: skip
-    if summary:
+    if finished(summary):
         chart = args.chart or out / "experiment_mask_ap.png"
-        n_seeds = max(len(e["seeds"]) for e in summary.values())
+        counts = {len(e["seeds"]) for e in finished(summary).values()}
+        over = (f"{counts.pop()} seed(s)" if len(counts) == 1 and not results["missing_runs"]
+                else f"finished seeds (n shown if < {len(seeds)})")  # fmt: skip
         title = (f"{dataset_title(dataset_meta)}, {s.max_iter} steps × {s.batch_size} images, "
-                 f"mean ± std over {n_seeds} seed(s)")  # fmt: skip
+                 f"mean ± std over {over}")  # fmt: skip
         print(f"chart: {plot_chart(summary, chart, title)}")
         if any("true_box_mask_AP_B" in e for e in summary.values()):
             tb_chart = chart.with_name(chart.stem + "_true_boxes.png")

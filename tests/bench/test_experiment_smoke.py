@@ -108,6 +108,37 @@ def test_summary_mean_std_and_gap_share() -> None:
     assert "| class-agnostic | 2 | 11.00 ± 1.41 |" in table
 
 
+def test_partial_experiment_states_n_and_the_missing_seeds(tmp_path: Path) -> None:
+    """A gather before every run finished: mean over the finished seeds, no std for one seed
+    (not ± 0), the missing seeds and the not-yet-run variants named; the chart leaves out what
+    has no seed."""
+    rows = [_row("agnostic_mlp", 0, 10.0), _row("agnostic_mlp", 1, 14.0), _row("oracle", 0, 30.0),
+            _row("agnostic_mlp_gt", 0, 12.0, a=40.0)]  # fmt: skip
+    planned = ["agnostic_mlp", "oracle", "agnostic_mlp_gt", "transfer_gt_resnet8"]
+    summary = experiment.summarise(rows, planned, [0, 1, 2])
+    assert list(summary) == ["agnostic_mlp", "agnostic_mlp_gt", "transfer_gt_resnet8", "oracle"]
+    assert summary["agnostic_mlp"]["mask_AP_B"] == {"mean": 12.0, "std": round(math.sqrt(8), 3)}
+    assert summary["agnostic_mlp"]["missing_seeds"] == [2]
+    assert summary["oracle"]["mask_AP_B"] == {"mean": 30.0, "std": None}
+    assert summary["transfer_gt_resnet8"]["seeds"] == []
+    assert summary["transfer_gt_resnet8"]["mask_AP_B"]["mean"] is None
+    # (12 - 12) / (30 - 12) on the means of what finished; the variant not run has no share.
+    assert experiment.gap_share(summary, "agnostic_mlp_gt", "agnostic_mlp") == pytest.approx(0.0)
+    assert experiment.gap_share(summary, "transfer_gt_resnet8", "agnostic_mlp") is None
+    table = experiment.format_table(summary)
+    assert "| class-agnostic + MLP | 2 of 3 (missing 2) | 12.00 ± 2.83 |" in table
+    assert "| class-agnostic + MLP + gt | 1 of 3 (missing 1, 2) | 12.00 (n=1) |" in table
+    assert "| transfer + gt + ResNet-8 | 0 of 3 (not run yet) | – |" in table
+    oracle_line = next(line for line in table.splitlines() if "oracle" in line)
+    assert "±" not in oracle_line  # one seed: no spread stated, not ± 0
+    complete = experiment.summarise([_row("oracle", s, 30.0) for s in (0, 1, 2)], ["oracle"],
+                                    [0, 1, 2])  # fmt: skip
+    assert "| oracle (all masks) | 3 | 30.00 ± 0.00 |" in experiment.format_table(complete)
+    png = experiment.plot_chart(summary, tmp_path / "c.png", "partial")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(experiment.finished(summary)) == ["agnostic_mlp", "agnostic_mlp_gt", "oracle"]
+
+
 def test_nearest_a_match_and_its_chance() -> None:
     torch = pytest.importorskip("torch")
     shapes = ["disk", "ring", "disk", "ring", "disk"]
