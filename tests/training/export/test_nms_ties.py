@@ -15,7 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from model.postprocess import select_proposals
+from model.postprocess import nms_in_rank_order, select_proposals
 
 LOW, HIGH = 8.000539779663086, 8.00059986114502  # float32 logits, LOW < HIGH
 
