@@ -112,7 +112,7 @@ class _LoggerLevels:
             logger = logging.getLogger(name)
             before = logger.getEffectiveLevel()
             if before > logging.INFO:
-                forward = _Forward(logger, before)
+                forward = _Forward(logger, self._saved)
                 self._saved[name] = (logger.level, logger.propagate, forward)
                 logger.setLevel(logging.INFO)
                 logger.propagate = False
@@ -128,14 +128,28 @@ class _LoggerLevels:
 
 
 class _Forward(logging.Handler):
-    """Propagates records at or above ``threshold`` (the logger's level before the run)."""
+    """Propagates the records that the logger they were made at would have made before the
+    run lowered its level (a child with a level of its own, such as ``maskx.train`` at INFO,
+    kept making them, and they reached the program's handlers)."""
 
-    def __init__(self, logger: logging.Logger, threshold: int) -> None:
-        super().__init__(threshold)
+    def __init__(self, logger: logging.Logger, saved: dict[str, tuple[int, bool, Any]]) -> None:
+        super().__init__(logging.NOTSET)
         self.logger = logger
         self.propagate = logger.propagate
+        self._saved = saved
+
+    def _level_before(self, name: str) -> int:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            level = self._saved[logger.name][0] if logger.name in self._saved else logger.level
+            if level != logging.NOTSET:
+                return level
+            logger = logger.parent  # type: ignore[assignment]
+        return logging.WARNING
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self._level_before(record.name):
+            return
         if self.propagate and self.logger.parent is not None:
             self.logger.parent.handle(record)
 
