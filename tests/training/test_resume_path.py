@@ -82,9 +82,22 @@ def test_more_than_eight_differences_show_eight_and_count_the_rest(run, synth_ro
     assert f"{names} differ — " in msg
     shown = msg.split(" differ — ", 1)[1]
     # The eight first (sorted) are spelled out; the ninth is only counted.
+    assert shown.startswith(
+        "solver.clip_grad_norm: 10.0 in the run, 5.0 now; solver.gamma: 0.1 in the run, 0.5 now; "
+    )
     assert shown.count(" in the run, ") == 8
     assert "train.hflip_prob: 0.5 in the run, 0.25 now (and 1 more). To continue" in shown
     assert "train.seed" not in shown
+    assert msg.endswith(
+        ". To continue that run, give its config again; for a new run, choose another --out, "
+        f"or pass --no-resume to start afresh in {run} (the old run is moved to "
+        f"{run}/previous/)"
+    )
+    # Exactly eight: all shown, nothing counted.
+    del changed["train.seed"]
+    with pytest.raises(ConfigError) as err:
+        Trainer(_cfg(synth_root, **changed), run, hooks=[])
+    assert "train.hflip_prob: 0.5 in the run, 0.25 now. To continue" in str(err.value)
 
 
 def test_a_resumed_run_carries_the_last_evaluation_on(run, synth_root):
