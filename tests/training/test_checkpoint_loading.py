@@ -85,6 +85,23 @@ def test_checkpoint_written_by_the_previous_layout_loads() -> None:
     assert len(vocab) == model.num_classes
 
 
+def test_the_refusal_names_every_foreign_type_and_none_of_the_allowed_ones(tmp_path: Path) -> None:
+    import datetime
+    import decimal
+
+    import numpy as np
+
+    path = tmp_path / "two_foreign.pt"
+    # numpy's RNG state pickles to allowed globals (ndarray, dtype, _reconstruct) beside them.
+    torch.save({"format": "maskx-checkpoint", "rng": np.random.get_state(),
+                "when": datetime.date(2024, 1, 1), "amount": decimal.Decimal("1.5")},
+               path)  # fmt: skip
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    named = str(err.value).split(" holds ", 1)[1].split(", which ", 1)[0]
+    assert sorted(named.split(", ")) == ["datetime.date", "decimal.Decimal"]
+
+
 def test_truncated_checkpoint_is_named(tmp_path: Path, trained_checkpoint: Path) -> None:
     data = trained_checkpoint.read_bytes()
     path = tmp_path / "cut.pt"
