@@ -114,6 +114,7 @@ TARGETS: dict[str, Target] = {
         tests=(
             "tests/training/test_trainer.py",
             "tests/training/test_resume_guard.py",
+            "tests/training/test_resume_path.py",
         ),
         functions=(
             "xǁTrainerǁsave",

@@ -109,9 +109,13 @@ def _refused_types(path: Path, exc: Exception) -> str:
     foreign = [g for g in found if g not in allowed]
     if foreign:
         return ", ".join(foreign)
-    # Not a global of its own (e.g. a class built from an allowed one): torch's own words.
-    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
-    detail = next((x for x in lines if "but got" in x or "Unsupported" in x), lines[-1])
+    # Not a global of its own (a call or an object built from something on the unpickler's
+    # stack): torch's reason, which its message puts after "WeightsUnpickler error:" and before
+    # a pointer to its documentation (the message's last line, which says nothing of the file).
+    text = str(exc)
+    reason = text.partition("WeightsUnpickler error:")[2] or text
+    lines = [x.strip() for x in reason.splitlines() if x.strip()]
+    detail = lines[0] if lines else "torch gave no reason"
     return f"a type outside the allow-list ({detail})"
 
 

@@ -85,6 +85,23 @@ def test_checkpoint_written_by_the_previous_layout_loads() -> None:
     assert len(vocab) == model.num_classes
 
 
+def test_the_refusal_names_every_foreign_type_and_none_of_the_allowed_ones(tmp_path: Path) -> None:
+    import datetime
+    import decimal
+
+    import numpy as np
+
+    path = tmp_path / "two_foreign.pt"
+    # numpy's RNG state pickles to allowed globals (ndarray, dtype, _reconstruct) beside them.
+    torch.save({"format": "maskx-checkpoint", "rng": np.random.get_state(),
+                "when": datetime.date(2024, 1, 1), "amount": decimal.Decimal("1.5")},
+               path)  # fmt: skip
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    named = str(err.value).split(" holds ", 1)[1].split(", which ", 1)[0]
+    assert sorted(named.split(", ")) == ["datetime.date", "decimal.Decimal"]
+
+
 def test_truncated_checkpoint_is_named(tmp_path: Path, trained_checkpoint: Path) -> None:
     data = trained_checkpoint.read_bytes()
     path = tmp_path / "cut.pt"
@@ -99,3 +116,52 @@ def test_unpickling_error_type_is_what_torch_raises(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     assert not (tmp_path / "m2").exists()
+
+
+class _RawPickler:
+    """A ``pickle_module.Pickler`` for ``torch.save`` that writes the given opcodes as the file's
+    pickle, whatever object it is asked to save."""
+
+    opcodes = b""
+
+    def __init__(self, file, protocol: int = 2) -> None:
+        self.file = file
+
+    def dump(self, obj: object) -> None:
+        self.file.write(self.opcodes)
+
+
+def test_a_refused_pickle_without_a_foreign_global_is_named_by_torchs_reason(
+    tmp_path: Path,
+) -> None:
+    # A pickle that calls an int: no global at all, so the refusal cannot name a foreign type
+    # and gives torch's reason instead (not the pointer to torch's documentation that ends
+    # torch's message).
+    class Pickler(_RawPickler):
+        opcodes = b"\x80\x02K\x05)R."  # PROTO 2, BININT1 5, EMPTY_TUPLE, REDUCE, STOP
+
+    path = tmp_path / "calls_an_int.pt"
+    torch.save({}, path, pickle_module=type("RawPickle", (), {"Pickler": Pickler}))
+    with pytest.raises(pickle.UnpicklingError, match="unrecognized function 5"):
+        torch.load(path, weights_only=True)  # torch refuses it, naming no global
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (
+        f"checkpoint {str(path)!r} holds a type outside the allow-list (Trying to call reduce "
+        "for unrecognized function 5), which maskx checkpoints never hold; refusing to load it "
+        "(unpickling it could run code). Load only checkpoints written by 'maskx train'."
+    )
+
+
+def test_a_refusal_without_any_reason_from_torch_says_so(tmp_path: Path) -> None:
+    from training.checkpoint import _refused_types
+
+    path = tmp_path / "empty_reason.pt"
+    torch.save({}, path)  # no global: the reason can only come from the exception
+    assert _refused_types(path, pickle.UnpicklingError("")) == (
+        "a type outside the allow-list (torch gave no reason)"
+    )
+    # A message without torch's marker is taken whole (its first line).
+    assert _refused_types(path, pickle.UnpicklingError("odd\nsecond")) == (
+        "a type outside the allow-list (odd)"
+    )
