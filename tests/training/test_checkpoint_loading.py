@@ -165,3 +165,19 @@ def test_a_refusal_without_any_reason_from_torch_says_so(tmp_path: Path) -> None
     assert _refused_types(path, pickle.UnpicklingError("odd\nsecond")) == (
         "a type outside the allow-list (odd)"
     )
+
+
+def test_a_legacy_format_file_whose_globals_torch_cannot_list_is_refused_cleanly(
+    tmp_path: Path,
+) -> None:
+    """torch's opcode scanner reads only the zip format; for a file in the legacy format it
+    raises, and the refusal must still be a CheckpointError with torch's reason, not a crash."""
+    import fractions
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"model": {}, "x": fractions.Fraction(1, 3)}, path,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    with pytest.raises(ValueError):
+        torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"outside the allow-list \(.*fractions\.Fraction"):
+        load_checkpoint(path)
