@@ -234,11 +234,11 @@ def select_detections(
     flat = F.softmax(class_logits, -1)[:, 1:].reshape(-1)  # (RoI, class) pairs, class-minor
     cand = torch.where(flat > score_thresh)[0]
     roi = torch.div(cand, num_classes, rounding_mode="floor")
-    labels = cand - roi * num_classes + 1
     if candidates_per_img is not None:
         # The best candidates_per_img of each image, kept in (RoI, class) order.
         keep = top_per_group(flat[cand], proposal_batch[roi], num_images, candidates_per_img)
-        cand, roi, labels = cand[keep], roi[keep], labels[keep]
+        cand, roi = cand[keep], roi[keep]
+    labels = cand - roi * num_classes + 1
     scores = flat[cand]
     batch = proposal_batch[roi]
     deltas = box_deltas(box_features[roi], labels)

@@ -140,17 +140,26 @@ def test_partial_mask_loss_refuses_per_image_lists_of_different_lengths():
 
 
 class _MaxNumel(TorchDispatchMode):
-    """Records the largest tensor any aten op produces."""
+    """Records the largest tensor any aten op produces; with ``new_storage_only``, only those
+    written to new memory (views of an input are not counted)."""
 
-    def __init__(self):
+    def __init__(self, new_storage_only: bool = False):
         super().__init__()
+        self.new_storage_only = new_storage_only
         self.max_numel = 0
         self.shape = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = (
+            {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            if self.new_storage_only
+            else set()
+        )
         for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, torch.Tensor) and t.numel() > self.max_numel:
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
+                continue
+            if t.numel() > self.max_numel:
                 self.max_numel, self.shape = t.numel(), tuple(t.shape)
         return out
 
@@ -211,25 +220,6 @@ def test_all_class_kernels_equal_per_label_kernels():
     torch.testing.assert_close(w, w_all[labels - 1])
 
 
-class _NewStorage(TorchDispatchMode):
-    """Largest tensor an op writes to new memory (views of an input are not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-        self.shape = None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
-        for t in out if isinstance(out, tuple | list) else (out,):
-            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in inputs:
-                continue
-            if t.numel() > self.max_numel:
-                self.max_numel, self.shape = t.numel(), tuple(t.shape)
-        return out
-
-
 @pytest.mark.parametrize("n", [0, 1, 7])
 def test_per_roi_kernels_equal_the_channel_sum_without_copies(n):
     """The eager per-RoI 1×1 kernel: logits[i] = Σ_d x[i, d] · w[i, d] (+ b[i]), gradients
@@ -240,7 +230,7 @@ def test_per_roi_kernels_equal_the_channel_sum_without_copies(n):
     x = torch.randn(n, d, m, m, requires_grad=True)
     w = torch.randn(n, d, requires_grad=True)
     b = torch.randn(n)
-    with torch.no_grad(), _NewStorage() as rec:
+    with torch.no_grad(), _MaxNumel(new_storage_only=True) as rec:
         predictor.logits_from_features(x, w, b)
     assert rec.max_numel < max(n * d * m * m, 1), rec.shape
     logits = predictor.logits_from_features(x, w, b)
