@@ -62,6 +62,39 @@ def test_quick_run_prints_ratios_and_writes_json(tmp_path: Path, capsys) -> None
     assert "train step Mask^X/torchvision" in text and "goal <= 1.10" in text
 
 
+def test_train_only_run_reports_per_round_ratios(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "train.json"
+    argv = ["--quick", "--no-eval", "--no-memory", "--train-repeats", "3", "--json", str(out)]
+    assert heads.main(parse([*argv, "--train-instances", "2"])) == 0
+    few = json.loads(out.read_text())["train"]["mask_rois_per_step"]
+    assert heads.main(parse(argv)) == 0
+    result = json.loads(out.read_text())
+    assert "eval" not in result
+    # Both models train their mask branch on the same RoIs; more instances, more mask RoIs
+    # (every ground-truth box is a positive RoI).
+    rois = result["train"]["mask_rois_per_step"]
+    assert rois["Mask^X (transfer)"] == rois["torchvision MaskRCNN"] >= 5
+    assert rois["Mask^X (transfer)"] > few["Mask^X (transfer)"]
+    models = result["train"]["models"]
+    ours, theirs = models["Mask^X (transfer)"], models["torchvision MaskRCNN"]
+    paired = result["train"]["paired_ratios"]
+    # One ratio per round, each from the two steps of that round (not from the medians).
+    assert paired["step_s"] == pytest.approx(
+        [a / b for a, b in zip(ours["step_runs_s"], theirs["step_runs_s"], strict=True)]
+    )
+    assert len(paired["cpu_s"]) == 3
+    name = "train step Mask^X/torchvision, median of per-round ratios"
+    assert result["ratios"][name] == pytest.approx(sorted(paired["step_s"])[1])
+    # The goal stays on the ratio of the medians; the per-round figure informs.
+    assert result["goal_ratios"] == ["train step Mask^X/torchvision"]
+    assert "per-round ratios (wall):" in capsys.readouterr().out
+
+
+def test_no_eval_and_no_train_is_refused() -> None:
+    with pytest.raises(SystemExit, match="nothing to measure"):
+        heads.main(parse(["--quick", "--no-eval", "--no-train"]))
+
+
 def test_interleaved_times_alternates_cases() -> None:
     calls: list[str] = []
     cases = {name: (lambda name=name: calls.append(name)) for name in "AB"}
