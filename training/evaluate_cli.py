@@ -4,6 +4,11 @@ results file (``coco_instances_results.json``).
 
 Under ``torchrun --nproc_per_node N`` every process predicts its shard of the set and rank 0
 scores them all, with the AP a single process gets.
+
+``--model FILE.onnx`` instead of ``--checkpoint`` scores an exported graph exactly as the service
+answers: its own decode, resize rule, ONNX Runtime, paste rule and RLE (``service.pipeline``),
+one image at a time. For an imported Detectron model that is the authors' resize and paste,
+where the eager checkpoint path resizes and pastes as torchvision does.
 """
 
 from __future__ import annotations
@@ -21,12 +26,24 @@ RESULTS_FILE = "coco_instances_results.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a maskx checkpoint (.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a maskx checkpoint (.pt), run in PyTorch")
+    source.add_argument(
+        "--model",
+        help="an exported ONNX graph, run through the service's own pipeline (resize and paste "
+        "rules of the model, ONNX Runtime); one process",
+    )
+    parser.add_argument(
+        "--providers",
+        default="cpu",
+        help="--model: ONNX Runtime providers, as MASKX_PROVIDERS (default: cpu)",
+    )
     parser.add_argument("--annotations", required=True, help="COCO-format json of the eval set")
     parser.add_argument("--images", required=True, help="image folder of the eval set")
     parser.add_argument(
         "--out",
-        help="write the metrics JSON here (default: next to the checkpoint); the detections "
+        help="write the metrics JSON here (default: next to the checkpoint or model); the "
+        "detections "
         f"go to {RESULTS_FILE} in the same folder",
     )
     parser.add_argument("--device", default="auto")
@@ -115,6 +132,78 @@ def run_evaluation(
     )  # fmt: skip
 
 
+MAX_DETECTIONS = 10_000
+"""Per image, more than any graph keeps: the graph's own limit decides, as in COCO evaluation."""
+
+
+def run_onnx_evaluation(
+    model_path: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    images: str | os.PathLike[str],
+    *,
+    providers: str = "cpu",
+    progress: bool = True,
+    score_threshold: float | None = None,
+    mask_classes: str | None = None,
+    results_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate an exported graph on a COCO-format set the way the service answers.
+
+    Every image of ``annotations`` is read from ``images`` as bytes and segmented by
+    :class:`service.pipeline.Pipeline` (EXIF orientation, the model's ``resize_rule``, ONNX
+    Runtime, the model's ``mask_paste``, COCO RLE): the detections a client of
+    ``POST /v1/segment?format=coco`` would get, with every detection the graph keeps
+    (``score_threshold`` None: the graph's own floor). The classes are the graph's metadata
+    (names, COCO category ids, mask classes), ``mask_classes`` re-splits A/B. Classes whose
+    category id is not in the ground truth (a Visual Genome model on COCO val) are left out of
+    every subset, with a line saying how many.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from tqdm import tqdm
+
+    from service.pipeline import Pipeline, request_params
+    from service.settings import Settings
+    from training.datasets.vocab import ClassVocabulary
+    from training.evaluation import coco_evaluate, write_coco_results
+
+    pipeline = Pipeline.from_model(model_path, [p.strip() for p in providers.split(",")])
+    info = pipeline.info
+    ids = info.category_ids or tuple(range(1, info.num_classes + 1))
+    vocab = ClassVocabulary(info.classes, info.mask_classes, ids)
+    if mask_classes is not None:
+        vocab = vocab.with_mask_split(mask_classes)
+    settings = Settings(model_path=Path(model_path), providers=providers, warmup=False)
+    params = request_params(
+        settings, info, score_threshold=0.0 if score_threshold is None else score_threshold,
+        max_detections=MAX_DETECTIONS,
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(annotations))
+    folder = Path(images)
+    results: list[dict[str, Any]] = []
+    for image_id in tqdm(
+        sorted(coco_gt.getImgIds()), desc="evaluate", unit="image", disable=not progress
+    ):
+        path = folder / coco_gt.imgs[image_id]["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image {image_id} of {annotations}: no file {str(path)!r}")
+        answer = pipeline.segment(path.read_bytes(), params)
+        results += [d.to_coco(image_id) for d in answer.detections]
+    if results_path is not None:
+        write_coco_results(results, results_path)
+    unscored = [i for i in vocab.source_ids if i not in set(coco_gt.getCatIds())]
+    if unscored:
+        print(
+            f"maskx evaluate: {len(unscored)} of {len(vocab.source_ids)} classes have no "
+            f"category in {annotations} and are not scored (e.g. category id {unscored[0]})",
+            file=sys.stderr,
+        )
+    return coco_evaluate(coco_gt, results, vocab, skip_classes_without_ground_truth=bool(unscored))
+
+
 def main(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
@@ -123,8 +212,25 @@ def main(args: argparse.Namespace) -> int:
     from training.distributed import dist_info
     from training.evaluation import write_metrics_json
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".metrics.json")
+    source = args.checkpoint or args.model
+    out = Path(args.out) if args.out else Path(source).with_suffix(".metrics.json")
     results = out.parent / RESULTS_FILE
+    if args.model is not None:
+        from service.errors import ServiceError
+
+        try:
+            metrics = run_onnx_evaluation(
+                args.model, args.annotations, args.images, providers=args.providers,
+                progress=not args.no_progress, score_threshold=args.score_threshold,
+                mask_classes=args.mask_classes, results_path=results,
+            )  # fmt: skip
+        except (ServiceError, FileNotFoundError, ValueError, OSError) as exc:
+            print(f"maskx evaluate: {exc}", file=sys.stderr)
+            return 2
+        write_metrics_json(metrics, out)
+        print(format_metrics(metrics))
+        print(f"metrics written to {out}, detections to {results}")
+        return 0
     try:
         try:
             metrics = run_evaluation(
