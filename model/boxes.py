@@ -116,3 +116,28 @@ def fpn_levels(
         level = torch.floor(canonical_level + torch.log2(s / canonical_scale) + eps)
     level = torch.clamp(level, min=k_min, max=k_max)
     return (level.to(torch.int64) - k_min).to(torch.int64)
+
+
+def jitter_boxes(boxes: Tensor, ratio: float, image_size: tuple[int, int]) -> Tensor:
+    """Deep-MARC's ``random_jitter_boxes`` (``jitter_mode: default``) on continuous boxes.
+
+    Args:
+        boxes: float [N, 4] (x1, y1, x2, y2).
+        ratio: r in [0, 1): each side of a box moves from the box's centre to ``(1 + u) / 2`` of
+            the box's extent on its axis, ``u`` drawn uniformly in ``[-r, r]`` per side and box
+            (torch's global generator, so a seeded run jitters alike).
+        image_size: (h, w) the boxes are clipped to.
+
+    Returns:
+        float [N, 4], the jittered boxes clipped to [0, w] x [0, h].
+    """
+    if boxes.numel() == 0 or ratio == 0:
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [N, 2] (cx, cy)
+    size = (boxes[:, 2:] - boxes[:, :2]).abs().clamp_min(1e-6)  # [N, 2] (w, h)
+    u = (torch.rand(boxes.shape[0], 4, device=boxes.device, dtype=boxes.dtype) * 2 - 1) * ratio
+    half = size.repeat(1, 2) * (1 + u) / 2  # [N, 4]: x1, y1, x2, y2 half-extents
+    out = torch.cat([centre - half[:, :2], centre + half[:, 2:]], dim=1)
+    h, w = image_size
+    limit = out.new_tensor([w, h, w, h])
+    return torch.minimum(out.clamp_min(0), limit)

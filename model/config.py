@@ -126,6 +126,12 @@ class ModelConfig:
     """RoIs the mask loss is computed on: ``proposals`` (Mask R-CNN: foreground proposals matched
     to an instance with a mask) or ``gt`` (Deep-MARC: the ground-truth boxes of the instances
     with a mask, and nothing else). Inference always uses the detections."""
+    mask_gt_jitter: float = 0.0
+    """With ``mask_train_rois=gt``: in training, each side of a ground-truth box moves from the
+    box's centre to ``(1 + u) / 2`` of the box's extent, ``u`` uniform in ``[-r, r]`` per side
+    and box, then the box is clipped to the image (Deep-MARC's ``max_roi_jitter_ratio`` with
+    ``jitter_mode: default``; 0, their default, leaves the boxes as they are). The mask target
+    is cropped with the same jittered box."""
     mask_predictor: str = "transfer"
     transfer_input: str = "cls+box"
     """τ's input: w_det (``cls``, ``box``, ``cls+box``) or, as controls, a fixed ``random``
@@ -175,6 +181,14 @@ class ModelConfig:
             raise ConfigError(
                 "mask_head_arch='resnet' builds blocks of two 3x3 convs: mask_head_layers must "
                 f"be an even integer >= 2, got {self.mask_head_layers!r}"
+            )
+        jitter = self.mask_gt_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ConfigError(f"mask_gt_jitter must be a number in [0, 1), got {jitter!r}")
+        if jitter > 0 and self.mask_train_rois != "gt":
+            raise ConfigError(
+                f"mask_gt_jitter={jitter} moves ground-truth mask RoIs: it needs "
+                f"mask_train_rois='gt' (got {self.mask_train_rois!r})"
             )
         if not isinstance(self.rpn_min_size, (int, float)) or not self.rpn_min_size >= 0:
             raise ConfigError(f"rpn_min_size must be a number >= 0, got {self.rpn_min_size!r}")

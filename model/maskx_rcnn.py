@@ -53,6 +53,7 @@ class MaskXRCNN(MaskRCNN):
         clip_proposals_to_padded: clip proposals to the padded image (Detectron), not the
             valid region.
         mask_train_rois: ``proposals`` or ``gt``, the RoIs of the mask loss
+            (``mask_gt_jitter``: how far ``gt`` boxes are jittered in training)
             (:class:`MaskXRoIHeads`).
         **kwargs: every other ``torchvision.models.detection.MaskRCNN`` argument.
 
@@ -79,6 +80,7 @@ class MaskXRCNN(MaskRCNN):
         rpn_min_size: float = 1e-3,
         clip_proposals_to_padded: bool = False,
         mask_train_rois: str = "proposals",
+        mask_gt_jitter: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -107,6 +109,7 @@ class MaskXRCNN(MaskRCNN):
             candidates_per_img=candidates_per_img,
             box_convention=box_convention,
             mask_train_rois=mask_train_rois,
+            mask_gt_jitter=mask_gt_jitter,
         )
         self.roi_heads = heads
         rpn = self.rpn
@@ -284,5 +287,6 @@ def build_model(
         rpn_min_size=cfg.rpn_min_size,
         clip_proposals_to_padded=cfg.clip_proposals_to_padded,
         mask_train_rois=cfg.mask_train_rois,
+        mask_gt_jitter=cfg.mask_gt_jitter,
         **mask_rcnn_arguments(cfg, backbone_weights=backbone_weights),
     )

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from .boxes import CONTINUOUS, check_box_convention
+from .boxes import CONTINUOUS, check_box_convention, jitter_boxes
 from .config import MASK_TRAIN_ROIS
 from .losses import box_losses, partial_mask_loss
 from .postprocess import select_detections
@@ -54,6 +54,7 @@ class MaskXRoIHeads(RoIHeads):
         candidates_per_img: int | None = None,
         box_convention: str = CONTINUOUS,
         mask_train_rois: str = "proposals",
+        mask_gt_jitter: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +64,7 @@ class MaskXRoIHeads(RoIHeads):
                 f"mask_train_rois must be one of {list(MASK_TRAIN_ROIS)}, got {mask_train_rois!r}"
             )
         self.mask_train_rois = mask_train_rois
+        self.mask_gt_jitter = float(mask_gt_jitter)
         if not isinstance(self.box_predictor, ClassSpecificBoxPredictor):
             raise TypeError(
                 "box_predictor must be a ClassSpecificBoxPredictor, "
@@ -132,7 +134,9 @@ class MaskXRoIHeads(RoIHeads):
         )
 
         if self.mask_train_rois == "gt":
-            mask_proposals, mask_matched_idxs, mask_labels, gt_masks = self.gt_mask_rois(targets)
+            mask_proposals, mask_matched_idxs, mask_labels, gt_masks = self.gt_mask_rois(
+                targets, image_shapes
+            )
         else:
             mask_proposals, mask_matched_idxs, mask_labels, gt_masks = self.proposal_mask_rois(
                 proposals, matched_idxs, labels, targets
@@ -147,15 +151,23 @@ class MaskXRoIHeads(RoIHeads):
         }
 
     def gt_mask_rois(
-        self, targets: list[dict[str, Tensor]]
+        self,
+        targets: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]] | None = None,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
         """Mask RoIs of ``mask_train_rois="gt"``: per image, the ground-truth boxes [P_i, 4] of
-        the instances with a mask, their instance indices int64 [P_i], their labels int64
+        the instances with a mask (jittered in training when ``mask_gt_jitter`` > 0, clipped
+        to ``image_shapes``' (h, w)), their instance indices int64 [P_i], their labels int64
         [P_i] and the image's masks (or None). No proposal enters the mask loss."""
         rois, idxs, labels, masks = [], [], [], []
-        for target in targets:
+        for i, target in enumerate(targets):
             keep = torch.where(self.instance_has_mask(target))[0]
-            rois.append(target["boxes"][keep])
+            boxes = target["boxes"][keep]
+            if self.training and self.mask_gt_jitter > 0:
+                if image_shapes is None:
+                    raise ValueError("mask_gt_jitter needs the image sizes to clip the boxes")
+                boxes = jitter_boxes(boxes, self.mask_gt_jitter, image_shapes[i])
+            rois.append(boxes)
             idxs.append(keep)
             labels.append(target["labels"][keep])
             masks.append(target.get("masks"))

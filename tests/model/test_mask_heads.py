@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import ConfigError, ModelConfig, build_model, project_masks_on_boxes
+from model.boxes import jitter_boxes
 from model.mask_heads import BasicResidualBlock, ResNetMaskHead
 
 from .helpers import synthetic_batch, tiny_config
@@ -54,11 +55,13 @@ def _roi_heads_step(model):
     return losses, features, targets, proposals
 
 
-def _independent_gt_loss(model, features, targets):
+def _independent_gt_loss(model, features, targets, boxes=None):
     """The mask loss a gt-trained head must give, computed here from scratch: RoIAlign on the
-    ground-truth boxes of the instances with a mask, BCE against their projected masks."""
+    ground-truth boxes of the instances with a mask (or on ``boxes``, per image), BCE against
+    their masks projected on the same boxes."""
     rh = model.roi_heads
-    boxes = [t["boxes"][t["has_mask"]] for t in targets]
+    if boxes is None:
+        boxes = [t["boxes"][t["has_mask"]] for t in targets]
     labels = torch.cat([t["labels"][t["has_mask"]] for t in targets])
     hw = [tuple(t["masks"].shape[-2:]) for t in targets]
     logits = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, boxes, hw)), labels,
@@ -84,6 +87,55 @@ def test_gt_rois_compute_the_mask_loss_on_ground_truth_boxes_only(arch):
     with torch.no_grad():
         expected = _independent_gt_loss(model, features, targets)
     torch.testing.assert_close(losses["loss_mask"].detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_jittered_gt_rois_move_each_side_within_the_ratio_and_crop_the_target_alike():
+    ratio = 0.2
+    torch.manual_seed(0)
+    model = build_model(tiny_config(mask_train_rois="gt", mask_gt_jitter=ratio)).train()
+    seen = _record_mask_rois(model)
+    losses, features, targets, _ = _roi_heads_step(model)
+    (rois,) = seen
+    for got, t in zip(rois, targets, strict=True):
+        gt = t["boxes"][t["has_mask"]]
+        h, w = t["masks"].shape[-2:]
+        centre, size = (gt[:, :2] + gt[:, 2:]) / 2, gt[:, 2:] - gt[:, :2]
+        inner = torch.cat([centre - size * (1 - ratio) / 2, centre + size * (1 - ratio) / 2], 1)
+        outer = torch.cat([centre - size * (1 + ratio) / 2, centre + size * (1 + ratio) / 2], 1)
+        outer = torch.minimum(outer.clamp_min(0), outer.new_tensor([w, h, w, h]))
+        # x1, y1 between the outer and inner bounds; x2, y2 between inner and outer
+        assert bool(
+            (got[:, :2] >= outer[:, :2] - 1e-4).all() & (got[:, :2] <= inner[:, :2] + 1e-4).all()
+        )
+        assert bool(
+            (got[:, 2:] <= outer[:, 2:] + 1e-4).all() & (got[:, 2:] >= inner[:, 2:] - 1e-4).all()
+        )
+        assert (got - gt).abs().max() > 0.1, "no box moved"
+    # The loss is the gt loss on those jittered boxes: features and target cropped alike.
+    with torch.no_grad():
+        expected = _independent_gt_loss(model, features, targets, boxes=rois)
+        untouched = _independent_gt_loss(model, features, targets)
+    torch.testing.assert_close(losses["loss_mask"].detach(), expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(expected) - float(untouched)) > 1e-5
+
+
+def test_jitter_boxes_sides_move_independently_and_clip_to_the_image():
+    torch.manual_seed(0)
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 40.0]]).repeat(2000, 1)
+    out = jitter_boxes(boxes, 0.5, (100, 100))
+    half = torch.cat(
+        [
+            (out[:, :2] - 30.0).neg().div(torch.tensor([20.0, 10.0])),
+            (out[:, 2:] - torch.tensor([30.0, 30.0])).div(torch.tensor([20.0, 10.0])),
+        ],
+        1,
+    )
+    # (1 + u) for each side, u uniform in [-0.5, 0.5]: the full range is used, sides independent
+    assert float(half.min()) < 0.52 and float(half.max()) > 1.48
+    assert abs(float(torch.corrcoef(half.T)[0, 2])) < 0.1
+    assert torch.equal(jitter_boxes(boxes, 0.0, (100, 100)), boxes)
+    edge = jitter_boxes(torch.tensor([[0.0, 0.0, 100.0, 100.0]]).repeat(50, 1), 0.5, (100, 100))
+    assert float(edge.min()) >= 0 and float(edge.max()) <= 100
 
 
 def test_proposal_rois_differ_from_gt_rois_on_the_same_batch():
@@ -154,6 +206,9 @@ def test_residual_block_adds_its_input():
         ({"mask_head_arch": "resnet", "mask_head_layers": 0}, "mask_head_layers"),
         ({"mask_head_arch": "hourglass"}, "mask_head_arch"),
         ({"mask_train_rois": "jittered"}, "mask_train_rois"),
+        ({"mask_gt_jitter": 0.1}, "mask_gt_jitter"),  # needs mask_train_rois=gt
+        ({"mask_train_rois": "gt", "mask_gt_jitter": 1.5}, "mask_gt_jitter"),
+        ({"mask_train_rois": "gt", "mask_gt_jitter": -0.1}, "mask_gt_jitter"),
     ],
 )
 def test_bad_options_name_the_field(changes, field):
