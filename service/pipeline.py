@@ -169,8 +169,9 @@ class Pipeline:
     def info(self) -> ModelMetadata:
         return self.runtime.info
 
-    def prepare(self, data: bytes) -> PreparedImage:
-        """Image bytes -> :class:`PreparedImage` (raises :class:`ServiceError` on bad input)."""
+    def prepare(self, data: bytes, *, exif_orientation: bool = True) -> PreparedImage:
+        """Image bytes -> :class:`PreparedImage` (raises :class:`ServiceError` on bad input);
+        ``exif_orientation=False`` keeps the stored pixels (COCO evaluation)."""
         return decode_image(
             data,
             min_size=self.info.min_size,
@@ -178,6 +179,7 @@ class Pipeline:
             max_pixels=self.max_pixels,
             resize_rule=self.info.resize_rule,
             max_jpeg_scans=self.max_jpeg_scans,
+            exif_orientation=exif_orientation,
         )
 
     def infer(self, images: Sequence[PreparedImage]) -> list[RawDetections]:

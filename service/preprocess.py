@@ -280,9 +280,11 @@ def decode_image(
     max_pixels: int,
     resize_rule: str = "floor",
     max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+    exif_orientation: bool = True,
 ) -> PreparedImage:
     """Decode ``data`` into a :class:`PreparedImage` at the model's scale under ``resize_rule``
-    (:mod:`service.resize`).
+    (:mod:`service.resize`). ``exif_orientation``: show the image as its EXIF orientation says
+    (a photo as displayed); False keeps the stored pixels, the frame of COCO annotations.
 
     Raises :class:`ServiceError` (``empty_body``, ``undecodable_image``, ``image_too_large``,
     ``image_too_complex``). Animated images give their first frame.
@@ -292,6 +294,8 @@ def decode_image(
     try:
         orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # a broken EXIF block must not reject an otherwise good image
+        orientation = 1
+    if not exif_orientation:
         orientation = 1
     stored_w, stored_h = image.size
     swapped = orientation in _SWAPPING_ORIENTATIONS

@@ -150,9 +150,10 @@ def run_onnx_evaluation(
     """Evaluate an exported graph on a COCO-format set the way the service answers.
 
     Every image of ``annotations`` is read from ``images`` as bytes and segmented by
-    :class:`service.pipeline.Pipeline` (EXIF orientation, the model's ``resize_rule``, ONNX
-    Runtime, the model's ``mask_paste``, COCO RLE): the detections a client of
-    ``POST /v1/segment?format=coco`` would get, with every detection the graph keeps
+    :class:`service.pipeline.Pipeline` (the model's ``resize_rule``, ONNX Runtime, the model's
+    ``mask_paste``, COCO RLE; the stored pixels, with no EXIF rotation, since COCO annotations
+    refer to them): the detections a client of ``POST /v1/segment?format=coco`` would get for
+    an image without EXIF orientation, with every detection the graph keeps
     (``score_threshold`` None: the graph's own floor). The classes are the graph's metadata
     (names, COCO category ids, mask classes), ``mask_classes`` re-splits A/B. Classes whose
     category id is not in the ground truth (a Visual Genome model on COCO val) are left out of
@@ -187,11 +188,19 @@ def run_onnx_evaluation(
     for image_id in tqdm(
         sorted(coco_gt.getImgIds()), desc="evaluate", unit="image", disable=not progress
     ):
-        path = folder / coco_gt.imgs[image_id]["file_name"]
+        entry = coco_gt.imgs[image_id]
+        path = folder / entry["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {image_id} of {annotations}: no file {str(path)!r}")
-        answer = pipeline.segment(path.read_bytes(), params)
-        results += [d.to_coco(image_id) for d in answer.detections]
+        # COCO annotations are in stored pixels: no EXIF rotation (as the eager path reads them).
+        image = pipeline.prepare(path.read_bytes(), exif_orientation=False)
+        if (image.height, image.width) != (entry.get("height"), entry.get("width")):
+            raise ValueError(
+                f"image {image_id}: {str(path)!r} is {image.width}x{image.height} (WxH) but "
+                f"{annotations} says {entry.get('width')}x{entry.get('height')}"
+            )
+        (raw,) = pipeline.infer([image])
+        results += [d.to_coco(image_id) for d in pipeline.finish(raw, image, params)]
     if results_path is not None:
         write_coco_results(results, results_path)
     unscored = [i for i in vocab.source_ids if i not in set(coco_gt.getCatIds())]

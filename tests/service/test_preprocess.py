@@ -98,6 +98,19 @@ def test_exif_orientation_6_swaps_the_frame() -> None:
     assert img.pixels.shape == (3, 426, 320)
 
 
+def test_exif_orientation_can_be_ignored_for_stored_pixel_annotations() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = make_image(320, 240, exif=exif.tobytes())
+    shown = decode_image(data, **LIMITS)
+    stored = decode_image(data, **LIMITS, exif_orientation=False)
+    assert (stored.width, stored.height) == (320, 240)  # COCO's frame: as stored
+    assert stored.pixels.shape == (3, 320, 426)
+    plain = decode_image(make_image(320, 240), **LIMITS)
+    assert (shown.width, shown.height) != (stored.width, stored.height)
+    assert (plain.width, plain.height) == (stored.width, stored.height)
+
+
 def test_large_jpeg_uses_draft_mode_and_keeps_full_size_frame(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
