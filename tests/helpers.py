@@ -31,3 +31,18 @@ def tiny_train_overrides(data_root: Path, **extra: object) -> list[str]:
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+def export_checkpoint(checkpoint: Path, out: Path, *, score_thresh: float) -> Path:
+    """Export a trained test checkpoint to ONNX at ``out`` with the graph's score threshold set
+    to ``score_thresh`` (the 40-step test model scores next to nothing at its own)."""
+    from training.checkpoint import load_model_from_checkpoint
+    from training.export.onnx_export import build_metadata, export_model
+
+    model, vocab, ckpt = load_model_from_checkpoint(checkpoint)
+    model.roi_heads.score_thresh = score_thresh
+    meta = build_metadata(
+        model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
+        checkpoint_sha256=None, name="tiny", version="test",
+    )  # fmt: skip
+    return export_model(model, out, meta)

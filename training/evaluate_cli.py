@@ -203,7 +203,8 @@ def run_onnx_evaluation(
         results += [d.to_coco(image_id) for d in pipeline.finish(raw, image, params)]
     if results_path is not None:
         write_coco_results(results, results_path)
-    unscored = [i for i in vocab.source_ids if i not in set(coco_gt.getCatIds())]
+    gt_categories = set(coco_gt.getCatIds())
+    unscored = [i for i in vocab.source_ids if i not in gt_categories]
     if unscored:
         print(
             f"maskx evaluate: {len(unscored)} of {len(vocab.source_ids)} classes have no "
@@ -213,13 +214,20 @@ def run_onnx_evaluation(
     return coco_evaluate(coco_gt, results, vocab, skip_classes_without_ground_truth=bool(unscored))
 
 
+def _report(metrics: dict[str, Any], out: Path, results: Path) -> None:
+    from training.evaluation import write_metrics_json
+
+    write_metrics_json(metrics, out)
+    print(format_metrics(metrics))
+    print(f"metrics written to {out}, detections to {results}")
+
+
 def main(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from training.checkpoint import CheckpointError
     from training.datasets import DatasetError
     from training.distributed import dist_info
-    from training.evaluation import write_metrics_json
 
     source = args.checkpoint or args.model
     out = Path(args.out) if args.out else Path(source).with_suffix(".metrics.json")
@@ -236,9 +244,7 @@ def main(args: argparse.Namespace) -> int:
         except (ServiceError, FileNotFoundError, ValueError, OSError) as exc:
             print(f"maskx evaluate: {exc}", file=sys.stderr)
             return 2
-        write_metrics_json(metrics, out)
-        print(format_metrics(metrics))
-        print(f"metrics written to {out}, detections to {results}")
+        _report(metrics, out, results)
         return 0
     try:
         try:
@@ -252,9 +258,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"maskx evaluate: {exc}", file=sys.stderr)
             return 2
         if dist_info().is_main:
-            write_metrics_json(metrics, out)
-            print(format_metrics(metrics))
-            print(f"metrics written to {out}, detections to {results}")
+            _report(metrics, out, results)
         return 0
     finally:
         if dist.is_initialized():

@@ -517,9 +517,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _validate(args: argparse.Namespace, s: dict[str, Any]) -> None:
-    for name in ("repeats", "train_images", "train_repeats", "size", "train_instances"):
-        if (s[name] if name in s else getattr(args, name)) < 1:
+    for name in ("repeats", "train_images", "train_repeats", "size"):
+        if s[name] < 1:
             raise SystemExit(f"maskx bench heads: --{name.replace('_', '-')} must be >= 1")
+    if args.train_instances < 1:
+        raise SystemExit("maskx bench heads: --train-instances must be >= 1")
     if args.warmup < 0:
         raise SystemExit("maskx bench heads: --warmup must be >= 0")
     if not 1 <= args.k_small <= args.k_large:

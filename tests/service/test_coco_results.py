@@ -16,24 +16,12 @@ from pycocotools.cocoeval import COCOeval
 
 from service.app import create_app
 from service.settings import Settings
+from tests.helpers import export_checkpoint
 from tests.service.helpers import LiveServer
 
 # The 40-step test model scores next to nothing at its own threshold; keeping every detection
 # (as COCO evaluation usually does) gives pycocotools something to rank on both sides.
 SCORE_THRESHOLD = 0.0
-
-
-def _export(trained_checkpoint: Path, out: Path) -> Path:
-    from training.checkpoint import load_model_from_checkpoint
-    from training.export.onnx_export import build_metadata, export_model
-
-    model, vocab, ckpt = load_model_from_checkpoint(trained_checkpoint)
-    model.roi_heads.score_thresh = SCORE_THRESHOLD
-    meta = build_metadata(
-        model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
-        checkpoint_sha256=None, name="tiny", version="test",
-    )  # fmt: skip
-    return export_model(model, out, meta)
 
 
 def _mask_ap(coco_gt: COCO, results: list[dict], *, use_cats: bool = True) -> float:
@@ -74,7 +62,9 @@ def test_coco_format_over_http_scores_like_maskx_evaluate(
     )
     (eager,) = captured
 
-    model = _export(trained_checkpoint, tmp_path / "tiny.onnx")
+    model = export_checkpoint(
+        trained_checkpoint, tmp_path / "tiny.onnx", score_thresh=SCORE_THRESHOLD
+    )
     settings = Settings(model_path=model, providers="cpu", warmup=False, max_batch_delay_ms=2)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(annotations))

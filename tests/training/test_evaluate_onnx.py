@@ -13,6 +13,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.helpers import export_checkpoint
 from training import evaluate_cli
 
 # The 40-step test model scores next to nothing at its own threshold; keeping every detection
@@ -22,16 +23,11 @@ SCORE_THRESHOLD = 0.0
 
 @pytest.fixture(scope="module")
 def exported(trained_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.checkpoint import load_model_from_checkpoint
-    from training.export.onnx_export import build_metadata, export_model
-
-    model, vocab, ckpt = load_model_from_checkpoint(trained_checkpoint)
-    model.roi_heads.score_thresh = SCORE_THRESHOLD
-    meta = build_metadata(
-        model, vocab, model_config=ckpt.model_config, train_config=ckpt.train_config,
-        checkpoint_sha256=None, name="tiny", version="test",
-    )  # fmt: skip
-    return export_model(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", meta)
+    return export_checkpoint(
+        trained_checkpoint,
+        tmp_path_factory.mktemp("onnx") / "tiny.onnx",
+        score_thresh=SCORE_THRESHOLD,
+    )
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
